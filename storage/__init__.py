@@ -1,0 +1,25 @@
+"""The feature cache format: shard writers and readers, the index, the fingerprint, `verify`.
+
+Knows nothing of models: features are arrays, a fingerprint is a dict.
+"""
+
+from storage.cache import (
+    CacheBusy,
+    CacheError,
+    CacheReader,
+    CacheWriter,
+    FingerprintMismatch,
+    Video,
+    open_cache,
+    read_failures,
+    shard_paths,
+)
+from storage.ids import check_video_id, video_id
+from storage.shard import CorruptShardError, Shard, ShardWriter
+from storage.verify import Report, verify
+
+__all__ = [
+    "CacheBusy", "CacheError", "CacheReader", "CacheWriter", "CorruptShardError",
+    "FingerprintMismatch", "Report", "Shard", "ShardWriter", "Video", "check_video_id",
+    "open_cache", "read_failures", "shard_paths", "verify", "video_id",
+]
