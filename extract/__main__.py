@@ -1,0 +1,82 @@
+"""python -m extract --videos DIR --out CACHE [options]: build or extend a per-frame embedding cache."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from extract.config import DEFAULT_MODEL, ExtractConfig, ExtractError
+
+
+def parser() -> argparse.ArgumentParser:
+    d = ExtractConfig()
+    ap = argparse.ArgumentParser(
+        prog="python -m extract", description=__doc__,
+        epilog="Exit status: 0 all videos extracted, 1 some videos failed (see CACHE/failures.jsonl), "
+               "2 the run could not start (settings, weights, cache). Run again to resume.")
+    ap.add_argument("--videos", required=True, help="folder searched recursively for videos")
+    ap.add_argument("--out", required=True, help="cache folder (created, or extended/resumed)")
+    g = ap.add_argument_group("sampling (one of --fps, --every, --num-frames)")
+    pol = g.add_mutually_exclusive_group()
+    pol.add_argument("--fps", type=float, default=None, help="frames per second (default 1)")
+    pol.add_argument("--every", type=int, help="every N-th frame")
+    pol.add_argument("--num-frames", type=int, help="N frames spread uniformly over each video")
+    g.add_argument("--max-frames", type=int, help="at most N frames per video (kept uniformly spread)")
+    g = ap.add_argument_group("backbone")
+    g.add_argument("--model", default=DEFAULT_MODEL, help=f"any timm model name (default {DEFAULT_MODEL})")
+    g.add_argument("--model-kwargs", type=json.loads, default={},
+                   help='JSON passed to timm.create_model, e.g. \'{"img_size": 112}\'')
+    g.add_argument("--weights", help="local weights: safetensors or torch state dict (weights_only load)")
+    g.add_argument("--no-pretrained", dest="pretrained", action="store_false",
+                   help="random init, seeded by --seed (offline; for tests)")
+    g.add_argument("--seed", type=int, default=d.seed)
+    g = ap.add_argument_group("throughput")
+    g.add_argument("--batch-size", type=int, default=d.batch_size)
+    g.add_argument("--device", default=d.device, help="auto | cpu | cuda (auto: cuda when present)")
+    g.add_argument("--no-amp", dest="amp", action="store_false", help="no bfloat16 autocast on CUDA")
+    g.add_argument("--threads", type=int, default=d.threads, help="torch threads (0: all cores)")
+    g.add_argument("--decoders", type=int, default=d.decoders, help="decoder subprocesses per process")
+    g = ap.add_argument_group("cache")
+    g.add_argument("--dtype", choices=["float16", "float32"], default=d.dtype)
+    g.add_argument("--format", choices=["zarr", "hdf5"], default=d.format)
+    g.add_argument("--videos-per-shard", type=int, default=d.videos_per_shard)
+    g = ap.add_argument_group("distribution")
+    g.add_argument("--workers", type=int, default=d.workers, help="local dask.distributed worker processes")
+    g.add_argument("--scheduler", help="address of an existing dask.distributed scheduler")
+    g = ap.add_argument_group("robustness")
+    g.add_argument("--decode-timeout", type=float, default=d.decode_timeout,
+                   help="seconds a decoder may go without progress before it is killed")
+    g.add_argument("--fault-tol", type=float, default=d.fault_tol,
+                   help="damaged frames tolerated by decord: fraction (<1) or count; <0 off")
+    g.add_argument("--no-progress", dest="progress", action="store_false")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from storage import CacheError
+
+    opts = vars(args).copy()
+    videos, out = opts.pop("videos"), opts.pop("out")
+    if opts["fps"] is None and opts["every"] is None and opts["num_frames"] is None:
+        opts["fps"] = 1.0
+    try:
+        cfg = ExtractConfig(**opts)
+        from extract.engine import run
+
+        summary = run(cfg, videos, out)
+    except (ExtractError, CacheError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+    for vid, reason in sorted(summary.failures.items()):
+        print(f"failed: {vid}: {reason}", file=sys.stderr)
+    print(summary.line())
+    return 0 if summary.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

