@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume", file=sys.stderr)
         return 130
+    for vid, notes in sorted(summary.notes.items()):
+        for note in notes:
+            print(f"note: {vid}: {note}", file=sys.stderr)
     for vid, reason in sorted(summary.failures.items()):
         print(f"failed: {vid}: {reason}", file=sys.stderr)
     print(summary.line())

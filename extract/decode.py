@@ -226,6 +226,21 @@ def _decode(path, src, policy, geo, fault_tol, backend, chunk_bytes):
     yield from _decode_pyav(path, src, pr, policy, pre, chunk, notes)
 
 
+def timestamp_problem(pts: np.ndarray, fps: float, duration: float) -> str:
+    """Why these frame times cannot be trusted, or '' (damaged files give missing or wild times)."""
+    if not len(pts):
+        return "no frames"
+    if not np.all(np.isfinite(pts)):
+        return "non-finite times"
+    span = float(pts.max() - pts.min())
+    limit = max(duration, len(pts) / fps if fps > 0 else 0.0) * 1.5 + 1.0
+    if pts.min() < -1.0 or span > limit:
+        return f"times span {span:.3g} s for {len(pts)} frames"
+    if len(pts) > 1 and np.any(np.diff(np.sort(pts)) <= 0):
+        return "repeated times"
+    return ""
+
+
 class _UsePyAV(Exception):
     pass
 
@@ -248,6 +263,11 @@ def _decode_decord(path, src, pr: Probe, policy, pre, fault_tol, chunk, notes, s
             raise DecodeError(f"{path}: {msg}")
         raise _UsePyAV(f"{msg}; decoded with PyAV")
     pts = vr.get_frame_timestamp(np.arange(n))[:, 0].astype(np.float64)
+    fps = pr.fps or float(vr.get_avg_fps() or 0) or 25.0
+    problem = timestamp_problem(pts, fps, pr.duration)
+    if problem:
+        notes.append(f"decord's frame times are unusable ({problem}); using frame index / {fps:g} fps")
+        pts = np.arange(n, dtype=np.float64) / fps
     idx = select(pts, policy)
     t0 = float(pts.min())
     yield ("start", {"backend": "decord", "frames": len(idx), "total_frames": n, "fps": pr.fps,

@@ -65,15 +65,22 @@ def _child_main() -> None:
             os.nice(nice)
     from extract.decode import DecodeError, decode_video
 
+    # fault injection for tests: crash (SIGSEGV) on files with this name; slow down every chunk
+    crash_on = os.environ.get("EXTRACT_TEST_CRASH_ON")
+    delay = float(os.environ.get("EXTRACT_TEST_DECODE_DELAY", "0") or 0)
     inp = sys.stdin.buffer
     while True:
         try:
             job = pickle.load(inp)
         except EOFError:
             return
+        if crash_on and os.path.basename(job["path"]) == crash_on:
+            os.kill(os.getpid(), signal.SIGSEGV)
         try:
             for ev in decode_video(job["path"], job["policy"], job["geometry"], fault_tol=job["fault_tol"],
                                    backend=job.get("backend", "auto")):
+                if delay:
+                    time.sleep(delay)
                 pickle.dump(ev, out, protocol=pickle.HIGHEST_PROTOCOL)
                 if ev[0] != "frames":
                     out.flush()

@@ -155,6 +155,7 @@ class Extractor:
         self.bb, self.cfg, self.nice = backbone, cfg, nice
         self.frames = 0
         self.batches = 0
+        self.notes: dict[int, list[str]] = {}  # video index -> what the decoder worked around
 
     def process(self, videos: list[VideoFile], sink: ShardSink,
                 on_video: Callable[[int], None] | None = None) -> None:
@@ -230,6 +231,8 @@ class Extractor:
                 elif isinstance(ev, Done):
                     st = state.setdefault(ev.index, _VideoState())
                     st.expected, st.info = ev.frames, ev.info
+                    if ev.info.get("notes"):
+                        self.notes[ev.index] = list(dict.fromkeys(ev.info["notes"]))
                     finish(ev.index)
                 elif isinstance(ev, Failed):
                     if ev.index < 0:
@@ -266,6 +269,7 @@ class Summary:
     seconds: float = 0.0
     shards: list[str] = field(default_factory=list)
     failures: dict[str, str] = field(default_factory=dict)
+    notes: dict[str, list[str]] = field(default_factory=dict)  # video id -> decoder work-arounds
 
     @property
     def ok(self) -> bool:
@@ -375,6 +379,7 @@ def _run_local(cfg, bb, cache, pending, groups, paths, summary) -> None:
     finally:
         bar.close()
     summary.frames = ex.frames
+    summary.notes.update({ids[i]: n for i, n in ex.notes.items()})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -435,7 +440,8 @@ def shard_task(cfg_dict: dict, items: list[tuple[str, str]], shard_path: str, dr
                      lambda i, r: failures.append((videos[i].id, videos[i].path, r)), before_commit=guard)
     ex = Extractor(bb, cfg)
     ex.process(videos, sink)
-    return {"committed": sink.done_ids, "failures": failures, "frames": ex.frames}
+    return {"committed": sink.done_ids, "failures": failures, "frames": ex.frames,
+            "notes": {videos[i].id: n for i, n in ex.notes.items()}}
 
 
 def _run_dask(cfg: ExtractConfig, cache, groups, paths, summary) -> None:
@@ -475,6 +481,7 @@ def _run_dask(cfg: ExtractConfig, cache, groups, paths, summary) -> None:
                     summary.shards.append(paths[futures[fut]].name)
                 summary.done += len(res["committed"])
                 summary.frames += res["frames"]
+                summary.notes.update(res["notes"])
                 bar.update(len(groups[futures[fut]]))
                 dt = time.monotonic() - t_start
                 fps = summary.frames / dt if dt else 0.0
