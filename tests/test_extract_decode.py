@@ -122,7 +122,7 @@ def test_unusable_timestamps_detected():
 def test_bad_files_raise_decode_error_naming_the_file(tmp_path, content):
     p = tmp_path / "x.mp4"
     p.write_bytes(content)
-    with pytest.raises(DecodeError, match="x.mp4"):
+    with pytest.raises(DecodeError, match=r"x\.mp4"):
         list(decode_video(str(p), {"policy": "fps", "fps": 1.0}, FLAT))
 
 
