@@ -63,6 +63,9 @@ def _child_main() -> None:
     if nice:
         with contextlib.suppress(OSError):
             os.nice(nice)
+    import av  # noqa: F401  (import now: the parent may start us early, while it loads the model)
+    import decord  # noqa: F401
+
     from extract.decode import DecodeError, decode_video
 
     # fault injection for tests: crash (SIGSEGV) on files with this name; slow down every chunk
@@ -108,6 +111,25 @@ def _signal_name(rc: int) -> str:
     return f"exited with status {rc}"
 
 
+def spawn_decoder(nice: int = 0) -> subprocess.Popen:
+    """Start one decoder child; it imports its libraries at once, then waits for jobs on stdin."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (PKG_ROOT, os.environ.get("PYTHONPATH", "")) if p)}
+    env["EXTRACT_DECODER_NICE"] = str(nice)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return subprocess.Popen(
+        [sys.executable, "-m", "extract.decoder"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, env=env, bufsize=1 << 16,
+    )
+
+
+def kill_all(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 class _Slot:
     """One child process and the thread that feeds it and reads from it."""
 
@@ -119,15 +141,8 @@ class _Slot:
         self.timed_out = False
         self.thread = threading.Thread(target=self._run, name=f"decoder-{n}", daemon=True)
 
-    def _start(self) -> None:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            p for p in (PKG_ROOT, os.environ.get("PYTHONPATH", "")) if p)}
-        env["EXTRACT_DECODER_NICE"] = str(self.pool.nice)
-        env.setdefault("OMP_NUM_THREADS", "1")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "extract.decoder"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, env=env, bufsize=1 << 16,
-        )
+    def _start(self, proc: subprocess.Popen | None = None) -> None:
+        self.proc = proc or spawn_decoder(self.pool.nice)
         self.stderr_tail.clear()
         threading.Thread(target=self._drain, args=(self.proc,), daemon=True).start()
 
@@ -229,7 +244,7 @@ class DecoderPool:
 
     def __init__(self, jobs: list[tuple[int, str]], *, policy: dict, geometry: dict, decoders: int = 1,
                  fault_tol: float = 0.05, timeout: float = 600.0, backend: str = "auto", nice: int = 0,
-                 max_queue: int = 8):
+                 max_queue: int = 8, procs: list[subprocess.Popen] | None = None):
         self.jobs = collections.deque(jobs)
         self.policy, self.geometry = policy, geometry
         self.fault_tol, self.timeout, self.backend, self.nice = fault_tol, timeout, backend, nice
@@ -238,8 +253,12 @@ class DecoderPool:
         self.closed = False
         n = max(1, min(decoders, len(jobs))) if jobs else 0
         self.slots = [_Slot(self, i) for i in range(n)]
+        spare = list(procs or [])
         for s in self.slots:
+            if spare:  # children started earlier (while the model loaded): no start-up wait
+                s._start(spare.pop(0))
             s.thread.start()
+        kill_all(spare)
 
     def next_job(self) -> tuple[int, str] | None:
         with self._lock:

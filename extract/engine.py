@@ -29,7 +29,7 @@ import torch
 import storage
 from extract.backbone import Backbone, load_backbone, pick_device
 from extract.config import ExtractConfig, ExtractError
-from extract.decoder import PKG_ROOT, DecoderPool, Done, Failed, Frames
+from extract.decoder import PKG_ROOT, DecoderPool, Done, Failed, Frames, kill_all, spawn_decoder
 
 DECODER_NICE = 5  # decoders yield the CPU to the model; they get it whenever the model waits
 
@@ -158,7 +158,7 @@ class Extractor:
         self.notes: dict[int, list[str]] = {}  # video index -> what the decoder worked around
 
     def process(self, videos: list[VideoFile], sink: ShardSink,
-                on_video: Callable[[int], None] | None = None) -> None:
+                on_video: Callable[[int], None] | None = None, procs: list | None = None) -> None:
         """Extract `videos` (indices = positions in the list) into `sink`."""
         cfg, bb = self.cfg, self.bb
         h, w = bb.input_size
@@ -212,7 +212,7 @@ class Extractor:
 
         pool = DecoderPool([(i, v.path) for i, v in enumerate(videos)], policy=cfg.sampling(),
                            geometry=bb.geometry, decoders=cfg.decoders, fault_tol=cfg.fault_tol,
-                           timeout=cfg.decode_timeout, nice=self.nice)
+                           timeout=cfg.decode_timeout, nice=self.nice, procs=procs)
         try:
             for ev in pool:
                 if isinstance(ev, Frames):
@@ -327,8 +327,18 @@ def run(config: ExtractConfig, videos_dir: str | os.PathLike, out_dir: str | os.
     videos = find_videos(videos_dir, cfg.extensions)
     device = pick_device(cfg.device)
     distributed = bool(cfg.workers or cfg.scheduler)
+    procs: list = []
     if not distributed:
         _set_threads(cfg)
+        # start the decoders now: their start-up (imports) overlaps the model's
+        procs = [spawn_decoder(DECODER_NICE) for _ in range(min(cfg.decoders, max(1, len(videos))))]
+    try:
+        return _run(cfg, videos, device, distributed, procs, out_dir, t0)
+    finally:
+        kill_all(procs)  # the ones the pool did not take
+
+
+def _run(cfg, videos, device, distributed, procs, out_dir, t0) -> Summary:
     bb = load_backbone(cfg, device)
     summary = Summary(cache=str(out_dir), videos=len(videos))
     with storage.CacheWriter(out_dir, dim=bb.dim, dtype=cfg.dtype, fingerprint=bb.fingerprint(cfg),
@@ -342,14 +352,15 @@ def run(config: ExtractConfig, videos_dir: str | os.PathLike, out_dir: str | os.
         if distributed:
             _run_dask(cfg, cache, groups, paths, summary)
         else:
-            _run_local(cfg, bb, cache, pending, groups, paths, summary)
+            _run_local(cfg, bb, cache, pending, groups, paths, summary, procs)
+            procs.clear()
         summary.extract_seconds = time.monotonic() - t_work
     summary.failed = len(summary.failures)
     summary.seconds = time.monotonic() - t0
     return summary
 
 
-def _run_local(cfg, bb, cache, pending, groups, paths, summary) -> None:
+def _run_local(cfg, bb, cache, pending, groups, paths, summary, procs) -> None:
     ids = [v.id for v in pending]
     spans, start = [], 0
     for g, grp in enumerate(groups):
@@ -375,7 +386,7 @@ def _run_local(cfg, bb, cache, pending, groups, paths, summary) -> None:
 
     sink = ShardSink(spans, bb.dim, cfg.dtype, ids, failed, on_commit=committed)
     try:
-        ex.process(pending, sink, on_video=tick)
+        ex.process(pending, sink, on_video=tick, procs=list(procs))
     finally:
         bar.close()
     summary.frames = ex.frames
