@@ -1,1 +1,19 @@
-"""temporal"""
+"""Stage two: STAN and baselines trained from the feature cache.
+
+    import temporal
+    cfg = temporal.Config(fusion="cross", streams="both", frames=64)
+    run = temporal.train("cache/", "labels.csv", "runs/stan", cfg)        # -> Path of the run
+    metrics = temporal.evaluate(run, "test")                               # -> dict, writes files
+    ref = temporal.baseline("cache/", "labels.csv", "runs/probe", cfg)     # -> dict
+"""
+
+from temporal.baseline import baseline
+from temporal.config import Config, ConfigError, load_config_file
+from temporal.labels import LabelError, read_labels
+from temporal.model import STAN, MeanPool, build_model
+from temporal.train import evaluate, load_run, train
+
+__all__ = [
+    "STAN", "Config", "ConfigError", "LabelError", "MeanPool", "baseline", "build_model", "evaluate",
+    "load_config_file", "load_run", "read_labels", "train",
+]

@@ -1,0 +1,108 @@
+"""python -m temporal train|evaluate|baseline: stage two, from the feature cache.
+
+  train     --cache C --labels L.csv --out runs/x [--config params.yaml] [--fusion cross ...]
+  evaluate  --run runs/x --split test [--metrics FILE] [--predictions FILE]
+  baseline  --cache C --labels L.csv --out runs/probe [same options as train]
+
+Every field of temporal.Config is an option (--clip-len or --clip_len); a --config file
+(YAML/JSON, flat or under `temporal:`) sets them too, and flags override the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import storage
+from temporal.config import CHOICES, Config, ConfigError, as_config, load_config_file
+from temporal.labels import LabelError
+from temporal.train import EVAL_OVERRIDES
+
+_TYPES = {"int": int, "float": float, "str": str}
+
+
+def _add_config_options(p: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
+    g = p.add_argument_group("model and training options (temporal.Config)")
+    defaults = Config()
+    for f in fields(Config):
+        if only is not None and f.name not in only:
+            continue
+        flags = [f"--{f.name.replace('_', '-')}"] + ([f"--{f.name}"] if "_" in f.name else [])
+        if f.name == "clip_len":
+            flags.append("-k")
+        shown = f"default {getattr(defaults, f.name)!r}" if only is None else "default: as trained"
+        kw: dict = {"dest": f.name, "default": None, "help": shown}
+        if str(f.type) == "bool":
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw["type"] = _TYPES[str(f.type)]
+            kw["metavar"] = {"int": "N", "float": "X", "str": "NAME"}[str(f.type)]
+            if f.name in CHOICES:
+                kw["choices"] = CHOICES[f.name]
+                kw["metavar"] = "{" + ",".join(CHOICES[f.name]) + "}"
+        g.add_argument(*flags, **kw)
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    return {f.name: getattr(args, f.name) for f in fields(Config)
+            if getattr(args, f.name, None) is not None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m temporal", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("train", help="train STAN (or the mean-pool MLP) from the cache")
+    p.add_argument("--cache", type=Path, required=True)
+    p.add_argument("--labels", type=Path, required=True, help="CSV video_id,label,split")
+    p.add_argument("--out", type=Path, required=True, help="run directory to write")
+    p.add_argument("--config", type=Path, help="YAML/JSON of options (flat or under `temporal:`)")
+    _add_config_options(p)
+
+    p = sub.add_parser("evaluate", help="metrics + per-video predictions of a saved run")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--metrics", type=Path, help="metrics JSON (default RUN/metrics_SPLIT.json)")
+    p.add_argument("--predictions", type=Path, help="predictions CSV (default RUN/predictions_SPLIT.csv)")
+    p.add_argument("--cache", type=Path, help="default: the cache the run was trained on")
+    p.add_argument("--labels", type=Path, help="default: the labels the run was trained on")
+    _add_config_options(p, only=EVAL_OVERRIDES)
+
+    p = sub.add_parser("baseline", help="mean-pool + scikit-learn linear model, and a mean-pool MLP")
+    p.add_argument("--cache", type=Path, required=True)
+    p.add_argument("--labels", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--config", type=Path)
+    p.add_argument("--mlp", action=argparse.BooleanOptionalAction, default=True,
+                   help="also train the mean-pool MLP into OUT/mlp (default: yes)")
+    _add_config_options(p)
+
+    args = ap.parse_args(argv)
+    try:
+        if args.cmd == "evaluate":
+            ov = {k: v for k, v in _overrides(args).items() if k in EVAL_OVERRIDES}
+            from temporal.train import evaluate
+
+            evaluate(args.run, args.split, args.metrics, args.predictions, args.cache, args.labels, **ov)
+            return 0
+        base = load_config_file(args.config) if args.config else {}
+        cfg = as_config(base, **_overrides(args))
+        if args.cmd == "train":
+            from temporal.train import train
+
+            train(args.cache, args.labels, args.out, cfg)
+        else:
+            from temporal.baseline import baseline
+
+            baseline(args.cache, args.labels, args.out, cfg, mlp=args.mlp)
+    except (ConfigError, LabelError, storage.CacheError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

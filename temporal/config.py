@@ -1,0 +1,134 @@
+"""Every model, data and training option of stage two, as one flat dataclass.
+
+The field names are the keys of the `temporal:` section of params.yaml, so keep them plain and stable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+CHOICES = {
+    "model": ("stan", "meanpool"),
+    "streams": ("both", "spatial", "temporal"),
+    "fusion": ("cross", "concat", "sum", "late"),
+    "time_encoding": ("timestamp", "index", "none"),
+    "task": ("auto", "single", "multi", "regression"),
+    "sampling": ("uniform", "window"),
+    "eval_mode": ("views", "full"),
+    "device": ("auto", "cpu", "cuda"),
+}
+
+
+@dataclass
+class Config:
+    # --- model ---
+    model: str = "stan"  # stan | meanpool (mean-pooled features -> MLP, trained by the same loop)
+    streams: str = "both"  # both | spatial | temporal
+    fusion: str = "cross"  # cross | concat | sum | late (used when streams == both)
+    dim: int = 256  # d, the width of both streams
+    heads: int = 4
+    depth_spatial: int = 2  # L_s
+    depth_temporal: int = 2  # L_t
+    depth_fusion: int = 1  # L_f (bidirectional cross-attention blocks; fusion == cross only)
+    clip_len: int = 4  # k: frames per temporal-stream clip (strided Conv1d)
+    mlp_ratio: float = 4.0
+    dropout: float = 0.1
+    time_encoding: str = "timestamp"  # timestamp (seconds) | index (frame position) | none
+    # --- data ---
+    task: str = "auto"  # auto | single | multi | regression
+    frames: int = 64  # frames sampled per video per training step
+    sampling: str = "uniform"  # uniform (one frame per equal segment, jittered) | window (contiguous)
+    eval_mode: str = "views"  # views (eval_views samples like training, averaged) | full (every frame)
+    eval_views: int = 4
+    train_fraction: float = 1.0  # deterministic, nested, class-stratified subset of the train split
+    skip_missing: bool = False  # skip (and count) labelled videos absent from the cache instead of failing
+    # --- optimisation ---
+    epochs: int = 30
+    batch_size: int = 16
+    lr: float = 3e-4
+    weight_decay: float = 0.05
+    warmup: float = 1.0  # epochs of linear warm-up, then cosine decay to lr / 10
+    grad_clip: float = 1.0  # max gradient norm; 0 disables
+    patience: int = 5  # epochs without improvement of `monitor` on val before stopping; 0 disables
+    monitor: str = "loss"  # val loss, or a val metric name (accuracy, macro_f1, map, mse, r2, ...)
+    seed: int = 0
+    device: str = "auto"  # auto (cuda if present) | cpu | cuda
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            want = {"int": int, "float": float, "bool": bool, "str": str}[str(f.type)]
+            if want is float and isinstance(v, int) and not isinstance(v, bool):
+                v = float(v)
+                setattr(self, f.name, v)
+            if not isinstance(v, want) or (want is int and isinstance(v, bool)):
+                raise ConfigError(f"temporal option {f.name}: expected {want.__name__}, got {v!r}")
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"temporal option {name}={getattr(self, name)!r}: choose one of {allowed}")
+        positive = ("dim", "heads", "clip_len", "frames", "eval_views", "epochs", "batch_size", "lr")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"temporal option {name} must be > 0, got {getattr(self, name)}")
+        for name in ("depth_spatial", "depth_temporal", "depth_fusion", "weight_decay", "warmup",
+                     "grad_clip", "patience", "mlp_ratio"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"temporal option {name} must be >= 0, got {getattr(self, name)}")
+        if self.dim % self.heads:
+            raise ConfigError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 < self.train_fraction <= 1.0:
+            raise ConfigError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> Config:
+        """A Config from a mapping; unknown keys are an error (a typo must not be silently ignored)."""
+        d = dict(d or {})
+        known = [f.name for f in fields(cls)]
+        unknown = [k for k in d if k not in known]
+        if unknown:
+            hints = []
+            for k in unknown:
+                close = difflib.get_close_matches(str(k), known, n=1)
+                hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise ConfigError(f"unknown temporal option(s): {', '.join(hints)}; known: {', '.join(known)}")
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> Config:
+        return Config.from_dict({**self.to_dict(), **changes})
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def as_config(config: Config | dict | None = None, **overrides: Any) -> Config:
+    """Config, dict or None (defaults), plus keyword overrides; always validated."""
+    base = config.to_dict() if isinstance(config, Config) else dict(config or {})
+    return Config.from_dict({**base, **overrides})
+
+
+def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Options from a YAML/JSON file: either flat, or under a top-level `temporal:` key (params.yaml)."""
+    text = Path(path).read_text()
+    if str(path).endswith(".json"):
+        d = json.loads(text)
+    else:
+        import yaml
+
+        d = yaml.safe_load(text) or {}
+    if not isinstance(d, dict):
+        raise ConfigError(f"{path}: expected a mapping of options")
+    if isinstance(d.get("temporal"), dict):
+        d = d["temporal"]
+    return d

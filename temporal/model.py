@@ -1,0 +1,237 @@
+"""STAN: a spatial and a temporal transformer stream over cached frame embeddings, fused.
+
+    x [B,T,D], t [B,T], mask [B,T]
+      ├─ spatial : Linear(D→d)+LN per frame, +time(t), [CLS], L_s blocks          → S [B,1+T,d]
+      └─ temporal: [x_i, x_i−x_{i−1}] → Conv1d(2D→d, k, stride k)+LN, +time(clip t),
+                   [CLS], L_t blocks                                               → U [B,1+T/k,d]
+    fusion cross : L_f blocks, S attends to U and U attends to S; head([CLS_S, CLS_U])
+           concat: head([CLS_S, CLS_U])      sum: head(CLS_S + CLS_U)
+           late  : (head_S(CLS_S) + head_U(CLS_U)) / 2
+
+Padding is masked everywhere it could leak in (attention keys, frame differences, clip
+times), so a padded video gives the same output as the same video alone.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from temporal.config import Config
+
+
+class Attention(nn.Module):
+    """Multi-head attention of `x` over `ctx` (itself for self-attention), keys masked by `ctx_mask`.
+
+    No dropout on the attention weights: with it, scaled_dot_product_attention falls back from the
+    flash/memory-efficient kernels to the math one, whose memory is quadratic in the length.
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, ctx: torch.Tensor, ctx_mask: torch.Tensor) -> torch.Tensor:
+        B, N, d = x.shape
+        M, h = ctx.shape[1], self.heads
+        q = self.q(x).view(B, N, h, d // h).transpose(1, 2)  # [B, h, N, d/h]
+        k, v = self.kv(ctx).view(B, M, 2, h, d // h).permute(2, 0, 3, 1, 4)  # 2 x [B, h, M, d/h]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx_mask[:, None, None, :])
+        return self.drop(self.proj(y.transpose(1, 2).reshape(B, N, d)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: self-attention, or cross-attention when given a context."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float, cross: bool = False):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(dim)
+        self.ln_ctx = nn.LayerNorm(dim) if cross else None
+        self.attn = Attention(dim, heads, dropout)
+        self.ln2 = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim),
+                                 nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, ctx: torch.Tensor | None = None,
+                ctx_mask: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.ln1(x)
+        kv, kv_mask = (h, mask) if self.ln_ctx is None else (self.ln_ctx(ctx), ctx_mask)
+        x = x + self.attn(h, kv, kv_mask)
+        return x + self.mlp(self.ln2(x))
+
+
+def sinusoid(pos: torch.Tensor, dim: int, min_period: float, max_period: float = 1e4) -> torch.Tensor:
+    """[..., dim] sin/cos features of positions `pos` (any real unit), periods geometric in range."""
+    half = dim // 2
+    frac = torch.arange(half, device=pos.device) / max(half - 1, 1)
+    periods = min_period * (max_period / min_period) ** frac
+    ang = pos.float()[..., None] * (2 * math.pi / periods)
+    enc = torch.cat([ang.sin(), ang.cos()], dim=-1)
+    return F.pad(enc, (0, dim - 2 * half))
+
+
+class TimeEncoding(nn.Module):
+    """Where each token is in the video: from timestamps in seconds (robust to any sampling or
+    frame rate), from the token's position, or nothing. A linear map lets the model pick scales."""
+
+    def __init__(self, dim: int, kind: str):
+        super().__init__()
+        self.kind = kind
+        self.proj = nn.Linear(dim, dim) if kind != "none" else None
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor | float:
+        if self.proj is None:
+            return 0.0
+        if self.kind == "index":
+            pos = torch.arange(t.shape[1], device=t.device).expand_as(t)
+            return self.proj(sinusoid(pos, self.proj.in_features, min_period=3.0))
+        return self.proj(sinusoid(t, self.proj.in_features, min_period=0.3))
+
+
+class Encoder(nn.Module):
+    """Tokens + time encoding, a CLS token in front, L blocks, final LayerNorm."""
+
+    def __init__(self, cfg: Config, depth: int):
+        super().__init__()
+        self.time = TimeEncoding(cfg.dim, cfg.time_encoding)
+        self.cls = nn.Parameter(torch.zeros(1, 1, cfg.dim))
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_ratio, cfg.dropout)
+                                    for _ in range(depth))
+        self.ln = nn.LayerNorm(cfg.dim)
+
+    def forward(self, tokens: torch.Tensor, t: torch.Tensor, mask: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        x = tokens + self.time(t)
+        x = self.drop(torch.cat([self.cls.expand(len(x), -1, -1), x], dim=1))
+        mask = torch.cat([mask.new_ones(len(x), 1), mask], dim=1)  # CLS is always a valid key
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.ln(x), mask
+
+
+class SpatialStream(nn.Module):
+    """Each frame's static content: one token per frame."""
+
+    def __init__(self, cfg: Config, in_dim: int):
+        super().__init__()
+        self.embed = nn.Sequential(nn.Linear(in_dim, cfg.dim), nn.LayerNorm(cfg.dim))
+        self.encoder = Encoder(cfg, cfg.depth_spatial)
+
+    def forward(self, x, t, mask):
+        x, t = _zero_padding(x, t, mask)
+        return self.encoder(self.embed(x), t, mask)
+
+
+class TemporalStream(nn.Module):
+    """Change over time: [x_i, x_i − x_{i−1}] grouped into clips of k frames, one token per clip,
+    so a T-frame video costs T/k tokens."""
+
+    def __init__(self, cfg: Config, in_dim: int):
+        super().__init__()
+        self.k = cfg.clip_len
+        self.conv = nn.Conv1d(2 * in_dim, cfg.dim, kernel_size=self.k, stride=self.k)
+        self.ln = nn.LayerNorm(cfg.dim)
+        self.encoder = Encoder(cfg, cfg.depth_temporal)
+
+    def forward(self, x, t, mask):
+        x, t = _zero_padding(x, t, mask)
+        diff = torch.cat([torch.zeros_like(x[:, :1]), x[:, 1:] - x[:, :-1]], dim=1)
+        diff = diff * mask[..., None].to(x.dtype)  # no step from the last real frame into padding
+        z = torch.cat([x, diff], dim=-1)
+        pad = (-z.shape[1]) % self.k  # zero-pad to whole clips, as a padded batch would be
+        z = F.pad(z, (0, 0, 0, pad))
+        tokens = self.ln(self.conv(z.transpose(1, 2)).transpose(1, 2))  # [B, T/k, d]
+        B, n = tokens.shape[:2]
+        mf = F.pad(mask, (0, pad)).view(B, n, self.k).float()
+        tf = F.pad(t, (0, pad)).view(B, n, self.k)
+        clip_mask = mf.sum(-1) > 0
+        clip_t = (tf * mf).sum(-1) / mf.sum(-1).clamp(min=1)  # mean time of the clip's real frames
+        return self.encoder(tokens, clip_t, clip_mask)
+
+
+def _zero_padding(x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # padded frames become exact zeros whatever the caller put there (even NaN): they are masked
+    # out of attention, but the temporal stream's differences and clips would otherwise see them
+    return torch.where(mask[..., None], x, 0.0), torch.where(mask, t, 0.0)
+
+
+def head(in_dim: int, hidden: int, out: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout),
+                         nn.Linear(hidden, out))
+
+
+class STAN(nn.Module):
+    def __init__(self, cfg: Config, in_dim: int, out_dim: int):
+        super().__init__()
+        self.cfg = cfg
+        use_s, use_t = cfg.streams in ("both", "spatial"), cfg.streams in ("both", "temporal")
+        self.spatial = SpatialStream(cfg, in_dim) if use_s else None
+        self.temporal = TemporalStream(cfg, in_dim) if use_t else None
+        both = use_s and use_t
+        self.fusion = cfg.fusion if both else "single"
+        d = cfg.dim
+        self.cross = nn.ModuleList()
+        if self.fusion == "cross":
+            self.cross = nn.ModuleList(
+                nn.ModuleList([Block(d, cfg.heads, cfg.mlp_ratio, cfg.dropout, cross=True),
+                               Block(d, cfg.heads, cfg.mlp_ratio, cfg.dropout, cross=True)])
+                for _ in range(cfg.depth_fusion)
+            )
+        if self.fusion == "late":
+            self.heads = nn.ModuleList([head(d, d, out_dim, cfg.dropout), head(d, d, out_dim, cfg.dropout)])
+        else:
+            width = 2 * d if self.fusion in ("cross", "concat") else d
+            self.heads = nn.ModuleList([head(width, d, out_dim, cfg.dropout)])
+        self.apply(_init)
+        for enc in (s.encoder for s in (self.spatial, self.temporal) if s is not None):
+            nn.init.normal_(enc.cls, std=0.02)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Logits [B, out] from features x [B,T,D], timestamps t [B,T], mask [B,T] (True = real)."""
+        if self.fusion == "single":
+            stream = self.spatial if self.spatial is not None else self.temporal
+            s, _ = stream(x, t, mask)
+            return self.heads[0](s[:, 0])
+        s, sm = self.spatial(x, t, mask)
+        u, um = self.temporal(x, t, mask)
+        for to_u, to_s in self.cross:  # bidirectional: both directions read the previous layer
+            s, u = to_u(s, sm, u, um), to_s(u, um, s, sm)
+        cs, cu = s[:, 0], u[:, 0]
+        if self.fusion == "late":
+            return (self.heads[0](cs) + self.heads[1](cu)) / 2
+        if self.fusion == "sum":
+            return self.heads[0](cs + cu)
+        return self.heads[0](torch.cat([cs, cu], dim=-1))
+
+
+class MeanPool(nn.Module):
+    """Baseline: the mean of the frame features, then an MLP. Blind to order by construction."""
+
+    def __init__(self, cfg: Config, in_dim: int, out_dim: int):
+        super().__init__()
+        self.head = head(in_dim, cfg.dim, out_dim, cfg.dropout)
+        self.apply(_init)
+
+    def forward(self, x, t, mask):
+        x, _ = _zero_padding(x, t, mask)
+        return self.head(x.sum(1) / mask.sum(1, keepdim=True).clamp(min=1).to(x.dtype))
+
+
+def _init(mod: nn.Module) -> None:
+    if isinstance(mod, nn.Linear):
+        nn.init.normal_(mod.weight, std=0.02)
+        if mod.bias is not None:
+            nn.init.zeros_(mod.bias)
+
+
+def build_model(cfg: Config, in_dim: int, out_dim: int) -> nn.Module:
+    return STAN(cfg, in_dim, out_dim) if cfg.model == "stan" else MeanPool(cfg, in_dim, out_dim)

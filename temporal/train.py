@@ -1,0 +1,388 @@
+"""Training and evaluation from the cache: the loop, checkpoints, and per-video predictions.
+
+A run directory holds everything `evaluate` needs in a fresh process:
+
+    config.json        options, task, classes, dims, target scaling, cache path + fingerprint
+    model.safetensors  the weights of the best validation epoch
+    history.csv        one row per epoch: loss, val loss and metrics, learning rate
+    summary.json       best epoch, epochs run, timing, sizes, and the val metrics of the kept weights
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+import storage
+from temporal.config import Config, as_config
+from temporal.data import Clip, Videos, collate, eval_batches, eval_clips, sample_frames
+from temporal.labels import LabelError, Labels, check_classes, match_cache, read_labels, train_subset
+from temporal.metrics import better, clean, compute_metrics, scores_loss
+from temporal.model import build_model
+
+RUN_FORMAT = 1
+
+
+# ---------------------------------------------------------------- data shared by train/evaluate/baseline
+
+@dataclass
+class Data:
+    labels: Labels  # row i of labels is video i of videos
+    videos: Videos
+    train: list[int]  # rows (after train_fraction)
+    val: list[int]
+    test: list[int]
+    fingerprint: dict
+
+
+def load_data(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, cfg: Config,
+              task: str | None = None, classes: list[str] | None = None, log=print) -> Data:
+    cache = storage.open_cache(cache_dir)
+    labels = read_labels(labels_csv, task or cfg.task)
+    if classes is not None:
+        labels = remap_classes(labels, classes)
+    labels, notes = match_cache(labels, cache, cfg.skip_missing)
+    train = train_subset(labels, cfg.train_fraction)
+    n_all = len(labels.rows("train"))
+    if len(train) < n_all:
+        notes.append(f"train_fraction {cfg.train_fraction}: training on {len(train)} of {n_all} train videos")
+    if classes is None:
+        check_classes(labels, train)
+    for note in notes:
+        log(f"note: {note}")
+    videos = Videos(cache, labels.ids)
+    return Data(labels, videos, train, labels.rows("val"), labels.rows("test"), cache.fingerprint)
+
+
+def remap_classes(labels: Labels, classes: list[str]) -> Labels:
+    """Express `labels` in a trained model's class list (a class it never saw is an error)."""
+    if labels.task == "regression":
+        return labels
+    unknown = sorted(set(labels.classes) - set(classes))
+    if unknown:
+        raise LabelError(f"labels have class(es) the model was not trained on: {unknown[:10]}")
+    index = {c: i for i, c in enumerate(classes)}
+    if labels.task == "single":
+        targets = [index[labels.classes[t]] for t in labels.targets]
+    else:
+        targets = [sorted(index[labels.classes[c]] for c in t) for t in labels.targets]
+    return Labels(labels.task, list(classes), labels.ids, labels.splits, targets, labels.notes)
+
+
+# ---------------------------------------------------------------- small helpers
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device cuda asked for, but torch sees no CUDA device")
+    return torch.device("cuda" if name in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+
+
+def autocast(device: torch.device):
+    # bf16 needs no loss scaling; on the CPU we stay in float32 (exact, reproducible)
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def loss_fn(task: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    logits = logits.float()
+    if task == "single":
+        return F.cross_entropy(logits, y)
+    if task == "multi":
+        return F.binary_cross_entropy_with_logits(logits, y)
+    return F.mse_loss(logits[:, 0], y)
+
+
+def to_scores(task: str, logits: torch.Tensor) -> torch.Tensor:
+    logits = logits.float()
+    if task == "single":
+        return logits.softmax(-1)
+    if task == "multi":
+        return logits.sigmoid()
+    return logits[:, 0]
+
+
+def lr_at(step: int, total: int, warmup: int, lr: float) -> float:
+    """Linear warm-up, then cosine decay to lr/10 (not 0: early stopping rarely reaches the end)."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    # decay matrices only, as in nanoGPT: biases, norms and CLS tokens are not shrunk
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def targets_tensor(data: Data, rows, mean: float, std: float) -> torch.Tensor:
+    y = data.labels.target_array(list(rows))
+    if data.labels.task == "regression":
+        return torch.from_numpy((y - mean) / std)
+    return torch.from_numpy(y)
+
+
+def train_batch(data: Data, rows, cfg: Config, rng: np.random.Generator, device: torch.device):
+    """One training batch: `cfg.frames` frames sampled from each video, padded, on the device."""
+    clips = [Clip(int(i), sample_frames(int(data.videos.lengths[i]), cfg.frames, cfg.sampling, rng))
+             for i in rows]
+    return collate(data.videos, clips, device)
+
+
+@torch.inference_mode()
+def predict(model: torch.nn.Module, data: Data, rows: list[int], cfg: Config, task: str,
+            device: torch.device) -> np.ndarray:
+    """Scores per row (probabilities; standardised predictions for regression), averaged over views."""
+    model.eval()
+    clips = eval_clips(data.videos, rows, cfg.frames, cfg.eval_mode, cfg.sampling, cfg.eval_views)
+    where = {v: r for r, v in enumerate(rows)}
+    sums: np.ndarray | None = None
+    counts = np.zeros(len(rows))
+    for batch in eval_batches(clips, cfg.batch_size * cfg.frames):
+        x, t, m = collate(data.videos, batch, device)
+        with autocast(device):
+            s = to_scores(task, model(x, t, m)).cpu().numpy().astype(np.float64)
+        if sums is None:
+            sums = np.zeros((len(rows), *s.shape[1:]))
+        for c, si in zip(batch, s, strict=True):
+            sums[where[c.video]] += si
+            counts[where[c.video]] += 1
+    if sums is None:
+        return np.zeros((0,))
+    return sums / counts.reshape(-1, *([1] * (sums.ndim - 1)))
+
+
+def score_rows(model, data: Data, rows: list[int], cfg: Config, meta: dict, device
+               ) -> tuple[dict, np.ndarray]:
+    """(metrics incl. loss, scores in label units) for `rows`."""
+    task = meta["task"]
+    scores = predict(model, data, rows, cfg, task, device)
+    y = data.labels.target_array(rows)
+    if task == "regression":
+        mean, std = meta["target_mean"], meta["target_std"]
+        loss = scores_loss(task, (y - mean) / std, scores)
+        scores = scores * std + mean
+    else:
+        loss = scores_loss(task, y, scores)
+    return {"videos": len(rows), "loss": clean(loss), **compute_metrics(task, y, scores)}, scores
+
+
+def _write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- train
+
+def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: str | os.PathLike,
+          config: Config | dict | None = None, log=print, **overrides) -> Path:
+    """Train on the `train` split, early-stop on `val`, save the best weights to `out_dir`."""
+    cfg = as_config(config, **overrides)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+
+    data = load_data(cache_dir, labels_csv, cfg, log=log)
+    task, classes = data.labels.task, data.labels.classes
+    meta = {"format": RUN_FORMAT, "task": task, "classes": classes, "in_dim": data.videos.dim,
+            "out_dim": 1 if task == "regression" else len(classes), "target_mean": 0.0, "target_std": 1.0,
+            "cache": str(cache_dir), "labels": str(labels_csv), "fingerprint": data.fingerprint,
+            "config": cfg.to_dict(),
+            "versions": {"torch": torch.__version__, "numpy": np.__version__}}
+    if task == "regression":  # standardise targets so lr and init suit any unit
+        y = data.labels.target_array(data.train)
+        meta["target_mean"], meta["target_std"] = float(y.mean()), float(y.std()) or 1.0
+    y_all = targets_tensor(data, range(len(data.labels)), meta["target_mean"], meta["target_std"])
+
+    model = build_model(cfg, meta["in_dim"], meta["out_dim"]).to(device)
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95),
+                            fused=device.type == "cuda")
+    n_params = sum(p.numel() for p in model.parameters())
+    steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
+    total, warm = cfg.epochs * steps_per_epoch, round(cfg.warmup * steps_per_epoch)
+    log(f"{task}-label task" if task != "regression" else "regression task",
+        f"| {len(classes)} classes |" if classes else "|",
+        f"videos: {len(data.train)} train, {len(data.val)} val, {len(data.test)} test "
+        f"({data.videos.nbytes / 2**20:.1f} MiB of features in memory) | "
+        f"{cfg.model} {cfg.streams}/{cfg.fusion}, {n_params / 1e6:.2f}M params on {device}")
+    use_val = bool(data.val)
+    if not use_val:
+        log("note: no val split: no early stopping, keeping the last epoch's weights")
+    monitor = cfg.monitor
+
+    history, best, best_epoch, best_state, stopped_early = [], None, 0, None, False
+    step, t0 = 0, time.time()
+    bar = tqdm(range(1, cfg.epochs + 1), desc="epochs", unit="ep", dynamic_ncols=True)
+    for epoch in bar:
+        model.train()
+        perm = rng.permutation(data.train)
+        loss_sum, seen = 0.0, 0
+        for b in range(0, len(perm), cfg.batch_size):
+            rows = perm[b:b + cfg.batch_size]
+            x, t, m = train_batch(data, rows, cfg, rng, device)
+            y = y_all[torch.from_numpy(rows)].to(device)
+            lr = lr_at(step, total, warm, cfg.lr)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            with autocast(device):
+                logits = model(x, t, m)
+            loss = loss_fn(task, logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            loss_sum += loss.item() * len(rows)
+            seen += len(rows)
+            step += 1
+        row = {"epoch": epoch, "train_loss": loss_sum / seen}
+        if use_val:
+            val, _ = score_rows(model, data, data.val, cfg, meta, device)
+            if monitor not in val:
+                raise ValueError(f"monitor {monitor!r} is not a val metric of this task: {sorted(val)}")
+            row.update({f"val_{k}": v for k, v in val.items() if k != "videos"})
+        row.update({"lr": lr, "seconds": round(time.time() - t0, 3)})
+        history.append(row)
+        _write_history(out / "history.csv", history)
+        current = row.get(f"val_{monitor}") if use_val else -epoch  # without val: the latest wins
+        if better(monitor if use_val else "loss", current, best):
+            best, best_epoch = current, epoch
+            best_state = copy.deepcopy(model.state_dict())
+        bar.set_postfix(loss=f"{row['train_loss']:.4f}",
+                        **({f"val_{monitor}": f"{row[f'val_{monitor}']:.4f}"} if use_val else {}))
+        if use_val and cfg.patience and epoch - best_epoch >= cfg.patience:
+            stopped_early = True
+            break
+    bar.close()
+
+    model.load_state_dict(best_state)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+              str(out / "model.safetensors"))
+    meta["best_epoch"] = best_epoch
+    _write_json(out / "config.json", meta)
+    summary = {"best_epoch": best_epoch, "epochs_run": len(history), "stopped_early": stopped_early,
+               "train_seconds": round(time.time() - t0, 2), "params": n_params,
+               "videos": {"train": len(data.train), "val": len(data.val), "test": len(data.test)}}
+    if use_val:
+        summary["val"], _ = score_rows(model, data, data.val, cfg, meta, device)
+    _write_json(out / "summary.json", summary)
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in summary.get("val", {}).items()
+                      if k != "videos" and v is not None)
+    log(f"trained {cfg.model} ({cfg.streams}/{cfg.fusion}) on {len(data.train)} videos: "
+        f"best epoch {best_epoch}/{len(history)}{' (early stop)' if stopped_early else ''}"
+        f"{', val ' + shown if shown else ''}, {summary['train_seconds']:.1f} s -> {out}")
+    return out
+
+
+def _write_history(path: Path, rows: list[dict]) -> None:
+    cols = list(rows[0])
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if r.get(k) is None else r[k]) for k in cols})
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- evaluate
+
+EVAL_OVERRIDES = ("eval_mode", "eval_views", "batch_size", "device")
+
+
+def read_meta(run_dir: str | os.PathLike) -> dict:
+    run = Path(run_dir)
+    try:
+        meta = json.loads((run / "config.json").read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{run}: not a training run (no config.json)") from None
+    if meta.get("format") != RUN_FORMAT:
+        raise ValueError(f"{run}: run format {meta.get('format')!r}, this code reads {RUN_FORMAT}")
+    return meta
+
+
+def load_run(run_dir: str | os.PathLike, device: torch.device | str | None = None
+             ) -> tuple[torch.nn.Module, Config, dict]:
+    """(model in eval mode, config, run metadata) from a run directory."""
+    meta = read_meta(run_dir)
+    cfg = Config.from_dict(meta["config"])
+    model = build_model(cfg, meta["in_dim"], meta["out_dim"])
+    model.load_state_dict(load_file(str(Path(run_dir) / "model.safetensors")))
+    device = torch.device(device) if device is not None else pick_device(cfg.device)
+    return model.to(device).eval(), cfg, meta
+
+
+def evaluate(run_dir: str | os.PathLike, split: str = "test", metrics_path: str | os.PathLike | None = None,
+             predictions_path: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
+             labels_csv: str | os.PathLike | None = None, log=print, **overrides) -> dict:
+    """Metrics of a saved run on `split`; writes metrics JSON and a per-video predictions CSV
+    (defaults: RUN/metrics_SPLIT.json, RUN/predictions_SPLIT.csv). `overrides` may change
+    eval_mode, eval_views, batch_size, device."""
+    bad = sorted(set(overrides) - set(EVAL_OVERRIDES))
+    if bad:
+        raise ValueError(f"evaluate can only override {EVAL_OVERRIDES}, not {bad}")
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"unknown split {split!r}: choose train, val or test")
+    run = Path(run_dir)
+    meta = read_meta(run)
+    cfg = Config.from_dict(meta["config"]).replace(**{k: v for k, v in overrides.items() if v is not None})
+    device = pick_device(cfg.device)
+    model, _, _ = load_run(run, device)
+    cache_dir = Path(cache_dir if cache_dir is not None else meta["cache"])
+    labels_csv = Path(labels_csv if labels_csv is not None else meta["labels"])
+    for what, p in (("cache", cache_dir), ("labels", labels_csv)):
+        if not p.exists():
+            raise FileNotFoundError(f"{what} {p} (recorded at training) not found; pass it explicitly")
+    data = load_data(cache_dir, labels_csv, cfg, task=meta["task"], classes=meta["classes"] or None, log=log)
+    if data.fingerprint != meta["fingerprint"]:
+        raise ValueError(f"{cache_dir}: its fingerprint differs from the cache the run was trained on "
+                         "(different backbone or preprocessing): the features would not mean the same")
+    rows = getattr(data, split)
+    if not rows:
+        raise LabelError(f"split {split!r} has no videos in {labels_csv}")
+    metrics, scores = score_rows(model, data, rows, cfg, meta, device)
+    metrics = {"split": split, **metrics}
+    _write_json(Path(metrics_path or run / f"metrics_{split}.json"), metrics)
+    write_predictions(Path(predictions_path or run / f"predictions_{split}.csv"), data.labels, rows, scores)
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+    log(f"{run} on {split} ({len(rows)} videos): {shown}")
+    return metrics
+
+
+def write_predictions(path: Path, labels: Labels, rows: list[int], scores: np.ndarray) -> None:
+    """video_id,actual,predicted[,prob_<class>...]: one row per video (for confusion matrices)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    task, classes = labels.task, labels.classes
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["video_id", "actual", "predicted"]
+                   + ([f"prob_{c}" for c in classes] if task != "regression" else []))
+        for r, i in enumerate(rows):
+            s = scores[r]
+            if task == "single":
+                pred = classes[int(np.argmax(s))]
+            elif task == "multi":
+                pred = "|".join(c for c, p in zip(classes, s, strict=True) if p >= 0.5)
+            else:
+                pred = f"{float(s):.6g}"
+            probs = [f"{p:.6f}" for p in s] if task != "regression" else []
+            w.writerow([labels.ids[i], labels.label_text(i), pred, *probs])

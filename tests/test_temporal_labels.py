@@ -1,0 +1,139 @@
+"""Labels, config and metrics: clear errors, nothing dropped silently, scikit-learn agreement."""
+
+import numpy as np
+import pytest
+import yaml
+from sklearn import metrics as skm
+
+import storage
+from temporal import Config, ConfigError, LabelError, load_config_file, read_labels
+from temporal.labels import check_classes, infer_task, match_cache, train_subset
+from temporal.metrics import compute_metrics
+from temporal.synth import write_cache
+
+
+def csv_file(tmp_path, text, name="labels.csv"):
+    p = tmp_path / name
+    p.write_text("video_id,label,split\n" + text)
+    return p
+
+
+def test_task_inference():
+    assert infer_task(["cat", "dog"]) == "single"
+    assert infer_task(["0", "1", "2"]) == "single"  # integer labels are classes by default
+    assert infer_task(["0.5", "2", "3.25"]) == "regression"
+    assert infer_task(["a|b", "c"]) == "multi"
+
+
+def test_single_multi_regression_parse(tmp_path):
+    lab = read_labels(csv_file(tmp_path, "a.mp4,dog,train\nb.mp4,cat,val\nc.mp4,dog,test\n"))
+    assert (lab.task, lab.classes, lab.targets) == ("single", ["cat", "dog"], [1, 0, 1])
+    lab = read_labels(csv_file(tmp_path, "a,x|y,train\nb,,train\nc,y,test\n"))
+    assert lab.task == "multi" and lab.classes == ["x", "y"]
+    np.testing.assert_array_equal(lab.target_array([0, 1, 2]), [[1, 1], [0, 0], [0, 1]])
+    assert lab.label_text(0) == "x|y"
+    lab = read_labels(csv_file(tmp_path, "a,1.5,train\nb,2,train\n"))
+    assert lab.task == "regression" and lab.targets == [1.5, 2.0]
+    lab = read_labels(csv_file(tmp_path, "a,2,train\nb,10,train\n"), task="regression")
+    assert lab.task == "regression"
+    assert read_labels(csv_file(tmp_path, "a,10,train\nb,2,train\n")).classes == ["2", "10"]
+
+
+@pytest.mark.parametrize(("rows", "message"), [
+    ("a,x,train\nb,y,validation\n", "split 'validation' for 'b' is not one of"),
+    ("a,x,train\na,y,test\n", "'a' already labelled on line 2"),
+    ("a,x,train\nb,,train\n", "'b': empty label"),
+    ("a,x,train\nb,x,test\n", "at least 2 classes"),
+    ("a,1.5,train\nb,oops,train\n", None),
+])
+def test_bad_label_files_name_the_rows(tmp_path, rows, message):
+    path = csv_file(tmp_path, rows)
+    task = "regression" if "1.5" in rows else "auto"
+    with pytest.raises(LabelError, match=message or "not a finite number"):
+        read_labels(path, task)
+
+
+def test_missing_header_is_an_error(tmp_path):
+    p = tmp_path / "l.csv"
+    p.write_text("id,label\na,x\n")
+    with pytest.raises(LabelError, match="missing column"):
+        read_labels(p)
+
+
+def _cache(tmp_path, lengths):
+    videos = [(v, np.ones((n, 4), np.float16), np.arange(n, dtype=np.float32)) for v, n in lengths.items()]
+    return storage.open_cache(write_cache(tmp_path / "cache", videos, dim=4))
+
+
+def test_ids_missing_from_the_cache_fail_or_are_skipped_with_a_count(tmp_path):
+    cache = _cache(tmp_path, {"a.mp4": 5, "b.mp4": 5, "empty.mp4": 0, "extra.mp4": 3})
+    lab = read_labels(csv_file(tmp_path, "a.mp4,x,train\nb.mp4,y,train\nempty.mp4,x,train\n"
+                                         "gone.mp4,x,test\nlost.mp4,y,val\n"))
+    with pytest.raises(LabelError, match=r"2 labelled video\(s\) are not in the cache.*'gone.mp4'"):
+        match_cache(lab, cache)
+    kept, notes = match_cache(lab, cache, skip_missing=True)
+    assert kept.ids == ["a.mp4", "b.mp4"]
+    text = "\n".join(notes)
+    assert "skipped 2 labelled video(s) not in the cache" in text
+    assert "skipped 1 video(s) with zero frames" in text
+    assert "1 cached video(s) have no label" in text
+
+
+def test_classes_without_training_videos_are_an_error(tmp_path):
+    lab = read_labels(csv_file(tmp_path, "a,x,train\nb,y,test\n"))
+    with pytest.raises(LabelError, match=r"1 class\(es\) have no training videos: 'y'"):
+        check_classes(lab, lab.rows("train"))
+    with pytest.raises(LabelError, match="train split is empty"):
+        check_classes(lab, [])
+
+
+def test_train_fraction_is_stratified_nested_and_deterministic(tmp_path):
+    rows = "".join(f"v{i},{'abc'[i % 3]},train\n" for i in range(60)) + "t,a,test\n"
+    lab = read_labels(csv_file(tmp_path, rows))
+    quarter, half = train_subset(lab, 0.25), train_subset(lab, 0.5)
+    assert len(quarter) == 15 and len(half) == 30
+    assert set(quarter) <= set(half)  # nested: a data-efficiency curve grows one training set
+    assert quarter == train_subset(lab, 0.25)
+    assert sorted(np.bincount([lab.targets[i] for i in quarter])) == [5, 5, 5]
+    assert len(train_subset(lab, 0.01)) == 3  # at least one video per class
+
+
+def test_config_rejects_unknown_and_invalid_options(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown temporal option.*'fuson' \(did you mean 'fusion'\?\)"):
+        Config.from_dict({"fuson": "cross"})
+    with pytest.raises(ConfigError, match="fusion='add'"):
+        Config(fusion="add")
+    with pytest.raises(ConfigError, match="divisible"):
+        Config(dim=30, heads=4)
+    with pytest.raises(ConfigError, match="expected int"):
+        Config.from_dict({"epochs": "ten"})
+    assert Config.from_dict({"lr": 1}).lr == 1.0
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump({"extract": {"fps": 1}, "temporal": {"fusion": "late", "clip_len": 8}}))
+    assert Config.from_dict(load_config_file(p)) == Config(fusion="late", clip_len=8)
+
+
+def test_metrics_agree_with_scikit_learn_and_hand_values():
+    y = np.array([0, 1, 2, 2, 1, 0, 2, 1])
+    probs = np.eye(3)[[0, 2, 2, 2, 1, 1, 0, 1]] * 0.8 + 0.2 / 3
+    m = compute_metrics("single", y, probs)
+    assert m["accuracy"] == pytest.approx(5 / 8)
+    # per class: 0 -> P 1/2, R 1/2, F1 1/2; 1 -> 2/3; 2 -> 2/3
+    assert m["macro_f1"] == pytest.approx(skm.f1_score(y, probs.argmax(1), average="macro"))
+    assert m["macro_f1"] == pytest.approx((0.5 + 2 / 3 + 2 / 3) / 3)
+
+    Y = np.array([[1, 0, 0], [1, 1, 0], [0, 1, 0], [0, 0, 0]])
+    S = np.array([[0.9, 0.2, 0.1], [0.6, 0.4, 0.3], [0.3, 0.7, 0.2], [0.1, 0.8, 0.6]])
+    m = compute_metrics("multi", Y, S)
+    # class 2 has no positives: average precision is undefined there and left out
+    assert m["map"] == pytest.approx(np.mean([skm.average_precision_score(Y[:, c], S[:, c]) for c in (0, 1)]))
+    assert m["map"] == pytest.approx((1.0 + (1 / 2 + 2 / 3) / 2) / 2)
+    assert m["micro_f1"] == pytest.approx(skm.f1_score(Y, S >= 0.5, average="micro"))
+
+    y = np.array([1.0, 2.0, 3.0, 4.0])
+    p = np.array([1.5, 2.0, 2.5, 5.0])
+    m = compute_metrics("regression", y, p)
+    assert m["mse"] == pytest.approx((0.25 + 0 + 0.25 + 1) / 4)
+    assert m["mae"] == pytest.approx(0.5)
+    assert m["r2"] == pytest.approx(skm.r2_score(y, p))
+    assert compute_metrics("regression", y[:1], p[:1])["r2"] is None  # undefined -> null, not NaN

@@ -1,0 +1,110 @@
+"""STAN itself: every variant trains, padding is invisible, sampling and batching behave."""
+
+import numpy as np
+import pytest
+import torch
+
+from temporal import Config, build_model
+from temporal.data import Clip, eval_batches, sample_frames, view_frames
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # tiny models on a shared 2-core machine: a second intra-op thread only adds contention
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+SMALL = dict(dim=32, heads=4, depth_spatial=1, depth_temporal=1, depth_fusion=1, clip_len=3)
+
+
+def batch(lengths, width=None, dim=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    width = width or max(lengths)
+    x = torch.randn(len(lengths), width, dim, generator=g)
+    t = torch.arange(width).float().expand(len(lengths), width) * 0.5
+    mask = torch.arange(width)[None] < torch.tensor(lengths)[:, None]
+    return x, t, mask
+
+
+FUSIONS = ("cross", "concat", "sum", "late")
+VARIANTS = [("stan", "both", f) for f in FUSIONS] + [
+    ("stan", "spatial", "cross"), ("stan", "temporal", "cross"), ("meanpool", "both", "cross")]
+
+
+@pytest.mark.parametrize(("model", "streams", "fusion"), VARIANTS)
+def test_every_variant_runs_forward_and_backward_with_masks(model, streams, fusion):
+    torch.manual_seed(0)
+    m = build_model(Config(model=model, streams=streams, fusion=fusion, **SMALL), 16, 5).train()
+    x, t, mask = batch([7, 11, 2])
+    out = m(x, t, mask)
+    assert out.shape == (3, 5) and torch.isfinite(out).all()
+    out.logsumexp(-1).mean().backward()
+    grads = [p.grad for p in m.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    if model == "stan":  # both streams' parameters are reached when both are on
+        assert (m.spatial is None) == (streams == "temporal")
+        assert (m.temporal is None) == (streams == "spatial")
+
+
+@pytest.mark.parametrize("time_encoding", ["timestamp", "index", "none"])
+@pytest.mark.parametrize(("model", "streams", "fusion"), VARIANTS)
+def test_padding_does_not_change_the_output(model, streams, fusion, time_encoding):
+    torch.manual_seed(0)
+    cfg = Config(model=model, streams=streams, fusion=fusion, time_encoding=time_encoding, **SMALL)
+    m = build_model(cfg, 16, 4).eval()
+    lengths = [7, 11, 1, 4]
+    x, t, mask = batch(lengths, width=14)
+    x[~mask] = float("nan")  # whatever sits in the padding must not leak in
+    t = t.masked_fill(~mask, 1e6)
+    padded = m(x, t, mask)
+    alone = torch.cat([m(x[i:i + 1, :n], t[i:i + 1, :n], mask[i:i + 1, :n]) for i, n in enumerate(lengths)])
+    torch.testing.assert_close(padded, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_temporal_stream_sees_order_and_mean_pool_does_not():
+    torch.manual_seed(0)
+    x, t, mask = batch([12])
+    rev = x.flip(1)
+    stan = build_model(Config(streams="temporal", **SMALL), 16, 2).eval()
+    pool = build_model(Config(model="meanpool", **SMALL), 16, 2).eval()
+    assert not torch.allclose(stan(x, t, mask), stan(rev, t, mask), atol=1e-4)
+    torch.testing.assert_close(pool(x, t, mask), pool(rev, t, mask))
+
+
+def test_long_video_full_length_forward_is_bounded():
+    # 3000 frames (two minutes at 25 fps): the temporal stream holds T/k tokens, and attention
+    # runs through the flash kernel (no T x T matrix); this must simply run, quickly
+    torch.manual_seed(0)
+    m = build_model(Config(dim=64, heads=4, depth_spatial=1, depth_temporal=1, clip_len=8), 32, 3).eval()
+    x, t, mask = batch([3000, 1500], dim=32)
+    with torch.inference_mode():
+        out = m(x, t, mask)
+    assert out.shape == (2, 3) and torch.isfinite(out).all()
+
+
+def test_sampling_covers_the_video_and_views_are_deterministic():
+    rng = np.random.default_rng(0)
+    idx = sample_frames(3000, 64, "uniform", rng)
+    assert len(idx) == 64 and np.all(np.diff(idx) > 0) and idx[0] < 47 and idx[-1] >= 3000 - 47
+    win = sample_frames(3000, 64, "window", rng)
+    assert np.array_equal(win, np.arange(win[0], win[0] + 64))
+    assert np.array_equal(sample_frames(10, 64, "uniform", rng), np.arange(10))  # short: every frame
+    views = view_frames(3000, 64, "uniform", 4)
+    assert len(views) == 4 and all(len(v) == 64 for v in views)
+    assert len({tuple(v) for v in views}) == 4  # different frames per view
+    assert all(np.array_equal(a, b) for a, b in zip(views, view_frames(3000, 64, "uniform", 4), strict=True))
+    wins = view_frames(100, 10, "window", 3)
+    assert [w[0] for w in wins] == [0, 45, 90]
+    assert len(view_frames(5, 10, "window", 3)) == 1
+
+
+def test_eval_batches_respect_the_frame_budget():
+    clips = [Clip(i, np.arange(n)) for i, n in enumerate([3000, 40, 64, 64, 10, 1500, 64])]
+    batches = eval_batches(clips, 256)
+    assert sorted(c.video for b in batches for c in b) == list(range(7))
+    for b in batches:
+        width = max(len(c.index) for c in b)
+        assert len(b) == 1 or width * len(b) <= 256

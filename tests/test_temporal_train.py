@@ -1,0 +1,145 @@
+"""Training, evaluation, baselines and the CLI, end to end on caches the tests write."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import temporal
+from temporal.synth import class_task, order_task, write_cache, write_labels
+from tests.conftest import run_module
+
+TINY = dict(dim=32, heads=4, depth_spatial=1, depth_temporal=1, depth_fusion=1, clip_len=2, frames=16,
+            batch_size=8, lr=3e-3, warmup=1, dropout=0.0, eval_views=2)
+
+
+def quiet(*_a, **_k):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # tiny models on a shared 2-core machine: a second intra-op thread only adds contention
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def cli(*args, **kw):
+    return run_module("temporal", *args, env={"OMP_NUM_THREADS": "1"}, **kw)
+
+
+def read_csv(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_loss_falls_and_the_run_directory_is_complete(tmp_path):
+    cache, labels = class_task(tmp_path, videos=48, classes=3, lengths=(8, 40))
+    run = temporal.train(cache, labels, tmp_path / "run", TINY, epochs=6, patience=0, log=quiet)
+    files = {p.name for p in run.iterdir()}
+    assert files >= {"config.json", "model.safetensors", "history.csv", "summary.json"}
+    hist = read_csv(run / "history.csv")
+    cols = ["epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", "lr", "seconds"]
+    assert list(hist[0]) == cols
+    losses = [float(r["train_loss"]) for r in hist]
+    assert len(losses) == 6 and losses[-1] < 0.5 * losses[0]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["val"]["accuracy"] > 0.9 and summary["videos"] == {"train": 24, "val": 12, "test": 12}
+    meta = json.loads((run / "config.json").read_text())
+    assert meta["task"] == "single" and meta["classes"] == ["class0", "class1", "class2"]
+    assert meta["config"]["fusion"] == "cross"
+
+
+def test_training_is_reproducible_with_a_seed(tmp_path):
+    cache, labels = class_task(tmp_path, videos=24, classes=2, lengths=(5, 30))
+    runs = [temporal.train(cache, labels, tmp_path / f"r{i}", TINY, epochs=3, sampling="window", log=quiet)
+            for i in range(2)]
+    strip = [[{k: v for k, v in r.items() if k != "seconds"} for r in read_csv(run / "history.csv")]
+             for run in runs]
+    assert strip[0] == strip[1]
+    other = temporal.train(cache, labels, tmp_path / "r2", TINY, epochs=3, sampling="window", seed=1,
+                           log=quiet)
+    assert read_csv(other / "history.csv")[0]["train_loss"] != strip[0][0]["train_loss"]
+
+
+def test_saved_run_reloads_in_a_fresh_process_and_reproduces_its_metrics(tmp_path):
+    cache, labels = class_task(tmp_path, videos=36, classes=3, lengths=(10, 50))
+    out = tmp_path / "runs" / "x"
+    proc = cli("train", "--cache", cache, "--labels", labels, "--out", out,
+               "--dim", 32, "--heads", 4, "--depth-spatial", 1, "--depth-temporal", 1, "--clip-len", 2,
+               "--frames", 16, "--epochs", 4, "--lr", 3e-3, "--batch-size", 8, "--eval-views", 3)
+    assert "trained stan (both/cross) on 18 videos" in proc.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    cli("evaluate", "--run", out, "--split", "val", "--metrics", tmp_path / "m.json",
+        "--predictions", tmp_path / "p.csv")
+    again = json.loads((tmp_path / "m.json").read_text())
+    assert again.pop("split") == "val"
+    assert again == pytest.approx(summary["val"], rel=1e-6)
+    preds = read_csv(tmp_path / "p.csv")
+    assert list(preds[0])[:3] == ["video_id", "actual", "predicted"] and len(preds) == 9
+    assert {r["actual"] for r in preds} <= {"class0", "class1", "class2"}
+    # default output names, full-length evaluation, and the test split
+    cli("evaluate", "--run", out, "--eval-mode", "full")
+    test = json.loads((out / "metrics_test.json").read_text())
+    assert test["split"] == "test" and test["videos"] == 9 and (out / "predictions_test.csv").exists()
+
+
+def test_stan_with_the_temporal_stream_learns_event_order_and_mean_pool_cannot(tmp_path):
+    cache, labels = order_task(tmp_path, pairs=120, frames=16, event_len=2, dim=16)
+    cfg = dict(dim=64, heads=4, depth_spatial=1, depth_temporal=1, depth_fusion=1, clip_len=2, frames=16,
+               epochs=60, batch_size=16, lr=2e-3, patience=10, dropout=0.1, warmup=2)
+    run = temporal.train(cache, labels, tmp_path / "stan", cfg, log=quiet)
+    stan = temporal.evaluate(run, "test", log=quiet)
+    ref = temporal.baseline(cache, labels, tmp_path / "probe", cfg, log=quiet)
+    # each test pair holds the same frames in both orders: an order-blind model scores exactly 1/2
+    assert ref["linear"]["test"]["accuracy"] == pytest.approx(0.5)
+    assert ref["mlp"]["test"]["accuracy"] == pytest.approx(0.5)
+    assert stan["accuracy"] >= 0.75, stan  # 48 test videos: chance would be 0.5 +- 0.07
+    metrics = json.loads((tmp_path / "probe" / "metrics.json").read_text())
+    assert set(metrics) == {"linear", "mlp"} and metrics["linear"]["estimator"] == "logistic"
+    assert (tmp_path / "probe" / "predictions_linear_test.csv").exists()
+
+
+def test_multi_label_and_regression_train_and_evaluate(tmp_path):
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((3, 8)) * 2
+    videos, multi, reg = [], [], []
+    for i in range(40):
+        on = [c for c in range(3) if (i >> c) & 1] or [i % 3]
+        x = rng.standard_normal((12, 8)) + centres[on].sum(0)
+        vid = f"v{i}.mp4"
+        videos.append((vid, x.astype(np.float16), np.arange(12, dtype=np.float32)))
+        split = "test" if i % 5 == 0 else "val" if i % 5 == 1 else "train"
+        multi.append((vid, "|".join("xyz"[c] for c in on), split))
+        reg.append((vid, f"{100 + 10 * x[:, 0].mean():.3f}", split))
+    cache = write_cache(tmp_path / "cache", videos, dim=8)
+    for name, rows, key in (("multi", multi, "map"), ("reg", reg, "r2")):
+        labels = write_labels(tmp_path / f"{name}.csv", rows)
+        run = temporal.train(cache, labels, tmp_path / name, TINY, epochs=8, frames=12, log=quiet)
+        m = temporal.evaluate(run, "test", log=quiet)
+        assert m[key] is not None and m[key] > 0.5, m
+        preds = read_csv(run / "predictions_test.csv")
+        assert len(preds) == 8 and preds[0]["video_id"].startswith("v")
+    meta = json.loads((tmp_path / "reg" / "config.json").read_text())
+    train_y = [float(label) for _, label, split in reg if split == "train"]
+    assert meta["task"] == "regression" and meta["target_mean"] == pytest.approx(np.mean(train_y))
+    errors = [abs(float(r["predicted"]) - float(r["actual"])) for r in preds]  # in label units
+    assert np.mean(errors) < np.std(train_y)
+    ref = temporal.baseline(cache, tmp_path / "reg.csv", tmp_path / "probe", TINY, mlp=False, log=quiet)
+    assert ref["linear"]["estimator"] == "ridge" and ref["linear"]["test"]["r2"] > 0.5
+
+
+def test_cli_errors_are_clear(tmp_path):
+    cache, labels = class_task(tmp_path, videos=12, classes=2)
+    bad = tmp_path / "params.yaml"
+    bad.write_text("temporal:\n  fuson: cross\n")
+    proc = cli("train", "--cache", cache, "--labels", labels, "--out", tmp_path / "r", "--config", bad,
+               check=False)
+    assert proc.returncode == 2 and "did you mean 'fusion'" in proc.stderr
+    missing = write_labels(tmp_path / "m.csv", [("v0000.mp4", "a", "train"), ("nope.mp4", "b", "train")])
+    proc = cli("train", "--cache", cache, "--labels", missing, "--out", tmp_path / "r", check=False)
+    assert proc.returncode == 2 and "not in the cache" in proc.stderr and "'nope.mp4'" in proc.stderr
