@@ -18,7 +18,7 @@ from pathlib import Path
 import storage
 from temporal.config import CHOICES, Config, ConfigError, as_config, load_config_file
 from temporal.labels import LabelError
-from temporal.train import EVAL_OVERRIDES
+from temporal.train import EVAL_OVERRIDES, RunError
 
 _TYPES = {"int": int, "float": float, "str": str}
 
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             from temporal.baseline import baseline
 
             baseline(args.cache, args.labels, args.out, cfg, mlp=args.mlp)
-    except (ConfigError, LabelError, storage.CacheError, FileNotFoundError) as e:
+    except (ConfigError, LabelError, RunError, storage.CacheError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -18,7 +18,7 @@ from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from temporal.config import Config, as_config
+from temporal.config import Config, ConfigError, as_config
 from temporal.metrics import better, clean, compute_metrics, scores_loss
 from temporal.train import _write_json, evaluate, load_data, train, write_predictions
 
@@ -69,7 +69,7 @@ def linear_probe(data, cfg: Config, out: Path, log=print) -> dict:
             s = _scores(task, m, feats["val"], n_classes)
             val = {"loss": scores_loss(task, ys["val"], s), **compute_metrics(task, ys["val"], s)}
             if monitor not in val:
-                raise ValueError(f"monitor {monitor!r} is not a metric of this task: {sorted(val)}")
+                raise ConfigError(f"monitor {monitor!r} is not a metric of a {task} task: {sorted(val)}")
             if better(monitor, val[monitor], best):
                 chosen, best = c, val[monitor]
     model = _fit(task, feats["train"], ys["train"], chosen, n_classes)

@@ -8,6 +8,8 @@ import numpy as np
 from sklearn import metrics as skm
 
 LOWER_IS_BETTER = {"loss", "mse", "mae"}
+METRICS = {"single": ("accuracy", "macro_f1"), "multi": ("map", "macro_f1", "micro_f1"),
+           "regression": ("mse", "mae", "r2")}
 
 
 def scores_loss(task: str, y: np.ndarray, scores: np.ndarray) -> float:

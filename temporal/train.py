@@ -27,13 +27,17 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 import storage
-from temporal.config import Config, as_config
+from temporal.config import Config, ConfigError, as_config
 from temporal.data import Clip, Videos, collate, eval_batches, eval_clips, sample_frames
 from temporal.labels import LabelError, Labels, check_classes, match_cache, read_labels, train_subset
-from temporal.metrics import better, clean, compute_metrics, scores_loss
+from temporal.metrics import METRICS, better, clean, compute_metrics, scores_loss
 from temporal.model import build_model
 
 RUN_FORMAT = 1
+
+
+class RunError(ValueError):
+    """A run directory or evaluation request that cannot be served; the message says why."""
 
 
 # ---------------------------------------------------------------- data shared by train/evaluate/baseline
@@ -203,6 +207,9 @@ def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: 
 
     data = load_data(cache_dir, labels_csv, cfg, log=log)
     task, classes = data.labels.task, data.labels.classes
+    if cfg.monitor not in ("loss", *METRICS[task]):
+        raise ConfigError(f"monitor {cfg.monitor!r} is not a val metric of a {task} task: "
+                          f"choose from {('loss', *METRICS[task])}")
     meta = {"format": RUN_FORMAT, "task": task, "classes": classes, "in_dim": data.videos.dim,
             "out_dim": 1 if task == "regression" else len(classes), "target_mean": 0.0, "target_std": 1.0,
             "cache": str(cache_dir), "labels": str(labels_csv), "fingerprint": data.fingerprint,
@@ -257,8 +264,6 @@ def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: 
         row = {"epoch": epoch, "train_loss": loss_sum / seen}
         if use_val:
             val, _ = score_rows(model, data, data.val, cfg, meta, device)
-            if monitor not in val:
-                raise ValueError(f"monitor {monitor!r} is not a val metric of this task: {sorted(val)}")
             row.update({f"val_{k}": v for k, v in val.items() if k != "videos"})
         row.update({"lr": lr, "seconds": round(time.time() - t0, 3)})
         history.append(row)
@@ -274,7 +279,11 @@ def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: 
             break
     bar.close()
 
-    model.load_state_dict(best_state)
+    if best_state is None:  # e.g. r2 or map undefined on a tiny val split at every epoch
+        log(f"note: val {monitor} was never defined: keeping the last epoch's weights")
+        best_epoch = len(history)
+    else:
+        model.load_state_dict(best_state)
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
               str(out / "model.safetensors"))
     meta["best_epoch"] = best_epoch
@@ -316,7 +325,7 @@ def read_meta(run_dir: str | os.PathLike) -> dict:
     except FileNotFoundError:
         raise FileNotFoundError(f"{run}: not a training run (no config.json)") from None
     if meta.get("format") != RUN_FORMAT:
-        raise ValueError(f"{run}: run format {meta.get('format')!r}, this code reads {RUN_FORMAT}")
+        raise RunError(f"{run}: run format {meta.get('format')!r}, this code reads {RUN_FORMAT}")
     return meta
 
 
@@ -339,9 +348,9 @@ def evaluate(run_dir: str | os.PathLike, split: str = "test", metrics_path: str 
     eval_mode, eval_views, batch_size, device."""
     bad = sorted(set(overrides) - set(EVAL_OVERRIDES))
     if bad:
-        raise ValueError(f"evaluate can only override {EVAL_OVERRIDES}, not {bad}")
+        raise RunError(f"evaluate can only override {EVAL_OVERRIDES}, not {bad}")
     if split not in ("train", "val", "test"):
-        raise ValueError(f"unknown split {split!r}: choose train, val or test")
+        raise RunError(f"unknown split {split!r}: choose train, val or test")
     run = Path(run_dir)
     meta = read_meta(run)
     cfg = Config.from_dict(meta["config"]).replace(**{k: v for k, v in overrides.items() if v is not None})
@@ -354,7 +363,7 @@ def evaluate(run_dir: str | os.PathLike, split: str = "test", metrics_path: str 
             raise FileNotFoundError(f"{what} {p} (recorded at training) not found; pass it explicitly")
     data = load_data(cache_dir, labels_csv, cfg, task=meta["task"], classes=meta["classes"] or None, log=log)
     if data.fingerprint != meta["fingerprint"]:
-        raise ValueError(f"{cache_dir}: its fingerprint differs from the cache the run was trained on "
+        raise RunError(f"{cache_dir}: its fingerprint differs from the cache the run was trained on "
                          "(different backbone or preprocessing): the features would not mean the same")
     rows = getattr(data, split)
     if not rows:

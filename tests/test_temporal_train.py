@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+import storage
 import temporal
 from temporal.synth import class_task, order_task, write_cache, write_labels
+from temporal.train import RunError
 from tests.conftest import run_module
 
 TINY = dict(dim=32, heads=4, depth_spatial=1, depth_temporal=1, depth_fusion=1, clip_len=2, frames=16,
@@ -131,6 +133,21 @@ def test_multi_label_and_regression_train_and_evaluate(tmp_path):
     assert np.mean(errors) < np.std(train_y)
     ref = temporal.baseline(cache, tmp_path / "reg.csv", tmp_path / "probe", TINY, mlp=False, log=quiet)
     assert ref["linear"]["estimator"] == "ridge" and ref["linear"]["test"]["r2"] > 0.5
+
+
+def test_evaluate_refuses_a_cache_with_another_fingerprint(tmp_path):
+    cache, labels = class_task(tmp_path, videos=12, classes=2)
+    run = temporal.train(cache, labels, tmp_path / "run", TINY, epochs=1, log=quiet)
+    reader = storage.open_cache(cache)
+    with storage.CacheWriter(tmp_path / "other", dim=reader.dim, dtype="float16",
+                             fingerprint={"backbone": "another"}) as w:
+        sw = w.shard_writer(w.allocate_shard())
+        for v in reader.iter_videos():
+            sw.add(v.id, v.features, v.timestamps)
+        sw.commit()
+    with pytest.raises(RunError, match="fingerprint differs"):
+        temporal.evaluate(run, "test", cache_dir=tmp_path / "other", log=quiet)
+    assert temporal.evaluate(run, "test", cache_dir=cache, log=quiet)["videos"] == 4
 
 
 def test_cli_errors_are_clear(tmp_path):
