@@ -36,6 +36,10 @@ from temporal.model import build_model
 RUN_FORMAT = 1
 
 
+RUN_FILES = ("config.json", "model.safetensors", "history.csv", "summary.json", "metrics_*.json",
+             "predictions_*.csv")
+
+
 class RunError(ValueError):
     """A run directory or evaluation request that cannot be served; the message says why."""
 
@@ -201,6 +205,9 @@ def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: 
     cfg = as_config(config, **overrides)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    for pattern in RUN_FILES:  # a previous run's files must not pass for this one's
+        for p in out.glob(pattern):
+            p.unlink()
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -226,9 +233,8 @@ def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: 
     n_params = sum(p.numel() for p in model.parameters())
     steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
     total, warm = cfg.epochs * steps_per_epoch, round(cfg.warmup * steps_per_epoch)
-    log(f"{task}-label task" if task != "regression" else "regression task",
-        f"| {len(classes)} classes |" if classes else "|",
-        f"videos: {len(data.train)} train, {len(data.val)} val, {len(data.test)} test "
+    kind = f"{task}-label task | {len(classes)} classes" if classes else "regression task"
+    log(f"{kind} | videos: {len(data.train)} train, {len(data.val)} val, {len(data.test)} test "
         f"({data.videos.nbytes / 2**20:.1f} MiB of features in memory) | "
         f"{cfg.model} {cfg.streams}/{cfg.fusion}, {n_params / 1e6:.2f}M params on {device}")
     use_val = bool(data.val)
@@ -272,8 +278,8 @@ def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: 
         if better(monitor if use_val else "loss", current, best):
             best, best_epoch = current, epoch
             best_state = copy.deepcopy(model.state_dict())
-        bar.set_postfix(loss=f"{row['train_loss']:.4f}",
-                        **({f"val_{monitor}": f"{row[f'val_{monitor}']:.4f}"} if use_val else {}))
+        post = {f"val_{monitor}": _fmt(current)} if use_val else {}
+        bar.set_postfix(loss=_fmt(row["train_loss"]), **post)
         if use_val and cfg.patience and epoch - best_epoch >= cfg.patience:
             stopped_early = True
             break
@@ -300,6 +306,10 @@ def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: 
         f"best epoch {best_epoch}/{len(history)}{' (early stop)' if stopped_early else ''}"
         f"{', val ' + shown if shown else ''}, {summary['train_seconds']:.1f} s -> {out}")
     return out
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
 
 
 def _write_history(path: Path, rows: list[dict]) -> None:

@@ -41,9 +41,11 @@ def read_csv(path):
 
 def test_loss_falls_and_the_run_directory_is_complete(tmp_path):
     cache, labels = class_task(tmp_path, videos=48, classes=3, lengths=(8, 40))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics_test.json").write_text("{}")  # from an earlier run: must not survive
     run = temporal.train(cache, labels, tmp_path / "run", TINY, epochs=6, patience=0, log=quiet)
     files = {p.name for p in run.iterdir()}
-    assert files >= {"config.json", "model.safetensors", "history.csv", "summary.json"}
+    assert files == {"config.json", "model.safetensors", "history.csv", "summary.json"}
     hist = read_csv(run / "history.csv")
     cols = ["epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", "lr", "seconds"]
     assert list(hist[0]) == cols
