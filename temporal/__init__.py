@@ -11,9 +11,9 @@ from temporal.baseline import baseline
 from temporal.config import Config, ConfigError, load_config_file
 from temporal.labels import LabelError, read_labels
 from temporal.model import STAN, MeanPool, build_model
-from temporal.train import evaluate, load_run, train
+from temporal.train import RunError, evaluate, load_run, train
 
 __all__ = [
-    "STAN", "Config", "ConfigError", "LabelError", "MeanPool", "baseline", "build_model", "evaluate",
-    "load_config_file", "load_run", "read_labels", "train",
+    "STAN", "Config", "ConfigError", "LabelError", "MeanPool", "RunError", "baseline", "build_model",
+    "evaluate", "load_config_file", "load_run", "read_labels", "train",
 ]
