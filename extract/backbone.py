@@ -116,6 +116,8 @@ def load_weights(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: st
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # behind a proxy a direct probe says nothing: let the hub client try
     host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
     try:
         socket.create_connection((host, 443), timeout=timeout).close()

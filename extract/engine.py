@@ -155,6 +155,7 @@ class Extractor:
         self.bb, self.cfg, self.nice = backbone, cfg, nice
         self.frames = 0
         self.batches = 0
+        self.infer_seconds = 0.0  # in the model (the rest of the main loop's time is waiting/copying)
         self.notes: dict[int, list[str]] = {}  # video index -> what the decoder worked around
 
     def process(self, videos: list[VideoFile], sink: ShardSink,
@@ -191,7 +192,9 @@ class Extractor:
                 return
             # always a full batch (stale rows past `fill` are ignored): the same shapes every time,
             # so a frame's features do not depend on its neighbours or on where a run was resumed
+            t = time.perf_counter()
             y = bb.embed(buf)
+            self.infer_seconds += time.perf_counter() - t
             self.batches += 1
             touched = []
             r = 0
@@ -315,8 +318,11 @@ def _progress(total: int, cfg: ExtractConfig):
                 dynamic_ncols=True, smoothing=0.1)
 
 
-def run(config: ExtractConfig, videos_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Summary:
+def run(config: ExtractConfig, videos_dir: str | os.PathLike, out_dir: str | os.PathLike,
+        backbone: Backbone | None = None) -> Summary:
     """Extract every video under `videos_dir` not yet in the cache `out_dir`; returns what it did.
+
+    `backbone`: an already loaded `extract.backbone.load_backbone(config)` to reuse (optional).
 
     Raises ExtractError (bad settings, weights unavailable) or storage.CacheError (fingerprint
     mismatch, cache busy) before any work; per-video failures are in the Summary, not raised.
@@ -333,13 +339,13 @@ def run(config: ExtractConfig, videos_dir: str | os.PathLike, out_dir: str | os.
         # start the decoders now: their start-up (imports) overlaps the model's
         procs = [spawn_decoder(DECODER_NICE) for _ in range(min(cfg.decoders, max(1, len(videos))))]
     try:
-        return _run(cfg, videos, device, distributed, procs, out_dir, t0)
+        return _run(cfg, videos, device, distributed, procs, out_dir, t0, backbone)
     finally:
         kill_all(procs)  # the ones the pool did not take
 
 
-def _run(cfg, videos, device, distributed, procs, out_dir, t0) -> Summary:
-    bb = load_backbone(cfg, device)
+def _run(cfg, videos, device, distributed, procs, out_dir, t0, bb) -> Summary:
+    bb = bb or load_backbone(cfg, device)
     summary = Summary(cache=str(out_dir), videos=len(videos))
     with storage.CacheWriter(out_dir, dim=bb.dim, dtype=cfg.dtype, fingerprint=bb.fingerprint(cfg),
                              provenance=provenance(bb)) as cache:
