@@ -69,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ExtractError, CacheError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # disk full, permissions, ...: committed shards are safe
+        print(f"error: {e}\nThe cache keeps every committed shard: fix the cause and run the same "
+              "command again to resume.", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume", file=sys.stderr)
         return 130

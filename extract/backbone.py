@@ -204,7 +204,7 @@ class Backbone:
     dim: int
     digest: str
     source: str
-    autocast: bool
+    autocast: torch.dtype | None  # bfloat16 (or float16 on GPUs without bf16) autocast on CUDA
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -219,8 +219,8 @@ class Backbone:
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 frames [B, H, W, 3] (already resized + cropped) -> float32 embeddings [B, D] on the CPU."""
         x = self.normalize(pixels)
-        if self.autocast:
-            with torch.autocast(self.device.type, dtype=torch.bfloat16):
+        if self.autocast is not None:
+            with torch.autocast(self.device.type, dtype=self.autocast):
                 y = self.model(x)
         else:
             y = self.model(x)
@@ -240,7 +240,8 @@ class Backbone:
             "std": [float(v) for v in dc["std"]],
             "embedding": "pooled pre-logits (timm num_classes=0)",
             "embedding_dim": self.dim,
-            "compute": "bfloat16-autocast" if self.autocast else "float32",
+            "compute": f"{str(self.autocast).removeprefix('torch.')}-autocast" if self.autocast
+            else "float32",
             "sampling": cfg.sampling(),
             "dtype": cfg.dtype,
         }
@@ -263,7 +264,9 @@ def load_backbone(cfg: ExtractConfig, device: torch.device | None = None) -> Bac
     dc = data_config_for(model, cfg.model_kwargs)
     digest = state_digest(model)
     model = model.to(device)
-    autocast = device.type == "cuda" and cfg.amp
+    autocast = None
+    if device.type == "cuda" and cfg.amp:
+        autocast = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     mean = torch.tensor(dc["mean"], dtype=torch.float32, device=device).view(1, 3, 1, 1)
     std = torch.tensor(dc["std"], dtype=torch.float32, device=device).view(1, 3, 1, 1)
     bb = Backbone(model, cfg.model, device, dc, geometry(dc), mean, std, 0, digest, source, autocast)

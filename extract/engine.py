@@ -305,8 +305,15 @@ def provenance(bb: Backbone) -> dict:
     }
 
 
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def _set_threads(cfg: ExtractConfig, share: int = 1) -> None:
-    n = cfg.threads or max(1, (os.cpu_count() or 1) // max(1, share))
+    n = cfg.threads or max(1, usable_cores() // max(1, share))
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
 
