@@ -4,12 +4,20 @@
     summary = run(ExtractConfig(fps=1, model="tf_efficientnet_lite0"), "videos/", "cache/")
     print(summary.line())
 
-Imports `storage` only (never `temporal` or `pipeline`).
+Imports `storage` only (never `temporal` or `pipeline`). torch is imported lazily (on first use of
+`run`, `Summary` or `find_videos`), so the decoder subprocesses and the CLI's start-up stay light.
 """
 
 from extract.config import DEFAULT_MODEL, VIDEO_EXTENSIONS, ExtractConfig, ExtractError
-from extract.engine import Summary, find_videos, run
 
 __all__ = [
     "DEFAULT_MODEL", "VIDEO_EXTENSIONS", "ExtractConfig", "ExtractError", "Summary", "find_videos", "run",
 ]
+
+
+def __getattr__(name: str):
+    if name in ("Summary", "find_videos", "run"):
+        from extract import engine
+
+        return getattr(engine, name)
+    raise AttributeError(f"module 'extract' has no attribute {name!r}")
