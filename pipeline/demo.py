@@ -1,14 +1,17 @@
 """The demo dataset: short low-resolution videos of real photos, with two label sets.
 
-Every video shows two *key* objects (from `KEYS`) for a few seconds each, at different
-moments, between stretches of *filler* texture, all with a slow camera pan and zoom.
+Every video shows one *key* object (from `KEYS`) for a while, and elsewhere two *markers*, a
+colour wheel and a page of text, one straight after the other; filler textures fill the rest,
+and every shot pans and zooms slowly across its photo.
 
-- `content` labels name the pair of key objects ("cat+coffee"): order does not matter, so a
-  mean of frame features is enough to tell them apart.
-- `order` labels say which of the pair came first ("forward" when they appear in `KEYS`
-  order, "reverse" otherwise). Both orders of every pair occur equally often, so the same
-  content gets both labels and a mean over frames can do no better than chance.
+- `content` labels name the key object ("cat"): order does not matter, so a mean of frame
+  features is enough to tell them apart.
+- `order` labels say which marker came first (`wheel_first` or `page_first`). Both orders occur
+  equally often with every key object, so the same content gets both labels and a mean over
+  frames can do no better than chance; the change from one marker to the other can.
 
+Videos cycle through the 8 (object, order) groups; each round of 8 goes to one split, in the
+cycle train, val, test, train, train, so 40 videos split 24/8/8 with every group in every split.
 Everything is drawn from `numpy.random.default_rng([seed, i])` per video: deterministic, and
 adding videos never changes the earlier ones. Images come from scikit-image (offline).
 """
@@ -16,7 +19,6 @@ adding videos never changes the earlier ones. Images come from scikit-image (off
 from __future__ import annotations
 
 import csv
-import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,14 +28,15 @@ from PIL import Image
 from pipeline.synth import write_video
 
 KEYS = ("cat", "coffee", "rocket", "astronaut")
-FILLERS = ("grass", "gravel", "brick", "moon", "hubble_deep_field", "colorwheel", "text", "coins")
-PAIRS = list(itertools.combinations(KEYS, 2))  # 6 pairs x 2 orders = 12 groups
-SPLIT_CYCLE = ("train", "train", "train", "val", "test")
+MARKERS = ("colorwheel", "page")
+ORDERS = ("wheel_first", "page_first")
+FILLERS = ("grass", "gravel", "brick", "moon", "hubble_deep_field", "text", "coins", "camera")
+SPLIT_CYCLE = ("train", "val", "test", "train", "train")
 
 
 @dataclass
 class DemoConfig:
-    videos: int = 60
+    videos: int = 40
     min_seconds: float = 30.0
     max_seconds: float = 120.0
     fps: float = 10.0
@@ -60,23 +63,24 @@ def _image(name: str) -> Image.Image:
 def plan(i: int, cfg: DemoConfig) -> tuple[list[Segment], dict]:
     """The segments of video `i` and its labels: deterministic in (seed, i)."""
     rng = np.random.default_rng([cfg.seed, i])
-    group = i % (2 * len(PAIRS))
-    a, b = PAIRS[group // 2]
-    forward = group % 2 == 0
-    first, second = (a, b) if forward else (b, a)
+    groups = 2 * len(KEYS)
+    key, order = KEYS[(i % groups) // 2], i % 2
+    markers = MARKERS if order == 0 else MARKERS[::-1]
     total = float(rng.uniform(cfg.min_seconds, cfg.max_seconds))
-    event = [total * float(rng.uniform(0.1, 0.2)) for _ in range(2)]
-    gaps = rng.dirichlet([1.0, 1.0, 1.0]) * (total - sum(event))
+    shots = [total * float(rng.uniform(0.1, 0.2)) for _ in range(3)]  # key, marker, marker
+    gaps = rng.dirichlet([1.0, 1.0, 1.0]) * (total - sum(shots))
 
     def filler(seconds: float) -> list[Segment]:
         # break a gap into pieces of about a tenth of the video, each a different texture
         n = max(1, round(seconds / (0.1 * total)))
         return [Segment(FILLERS[rng.integers(len(FILLERS))], seconds / n) for _ in range(n)]
 
-    segments = [*filler(gaps[0]), Segment(first, event[0]), *filler(gaps[1]),
-                Segment(second, event[1]), *filler(gaps[2])]
-    labels = {"content": f"{a}+{b}", "order": "forward" if forward else "reverse",
-              "split": SPLIT_CYCLE[i % len(SPLIT_CYCLE)]}
+    events = [[Segment(key, shots[0])], [Segment(markers[0], shots[1]), Segment(markers[1], shots[2])]]
+    if rng.random() < 0.5:  # the key object before or after the markers: not what `order` asks
+        events.reverse()
+    segments = [*filler(gaps[0]), *events[0], *filler(gaps[1]), *events[1], *filler(gaps[2])]
+    labels = {"content": key, "order": ORDERS[order],
+              "split": SPLIT_CYCLE[(i // groups) % len(SPLIT_CYCLE)]}
     return segments, labels
 
 

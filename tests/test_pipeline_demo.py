@@ -5,10 +5,10 @@ import decord
 import numpy as np
 import pytest
 
-from pipeline.demo import DemoConfig, make_demo, plan
+from pipeline.demo import KEYS, MARKERS, DemoConfig, make_demo, plan
 from pipeline.params import build
 
-TINY = DemoConfig(videos=12, min_seconds=3, max_seconds=5, fps=5, width=64, height=48)
+TINY = DemoConfig(videos=24, min_seconds=3, max_seconds=5, fps=5, width=64, height=48)
 
 
 def read(path):
@@ -20,10 +20,9 @@ def test_demo_is_deterministic_real_video_with_balanced_order_labels(tmp_path):
     paths = make_demo(tmp_path / "a", TINY)
     order, content = read(paths["order"]), read(paths["content"])
     assert [r["video_id"] for r in order] == [r["video_id"] for r in content]
-    # every pair appears in both orders: content alone cannot predict order
-    by_pair = Counter((c["label"], o["label"]) for c, o in zip(content, order, strict=True))
-    assert len(by_pair) == 12 and set(by_pair.values()) == {1}
-    assert {r["split"] for r in order} == {"train", "val", "test"}
+    # every object appears in both orders in every split: content alone cannot predict order
+    groups = Counter((c["label"], o["label"], o["split"]) for c, o in zip(content, order, strict=True))
+    assert len(groups) == 4 * 2 * 3 and set(groups.values()) == {1}
     for r in order:
         vr = decord.VideoReader(str(tmp_path / "a" / "videos" / r["video_id"]))
         seconds = len(vr) / vr.get_avg_fps()
@@ -38,9 +37,11 @@ def test_demo_is_deterministic_real_video_with_balanced_order_labels(tmp_path):
 def test_order_label_follows_the_plan():
     for i in range(24):
         segments, labels = plan(i, TINY)
-        keys = [s.image for s in segments if s.image in ("cat", "coffee", "rocket", "astronaut")]
-        a, b = labels["content"].split("+")
-        assert keys == ([a, b] if labels["order"] == "forward" else [b, a])
+        markers = [s.image for s in segments if s.image in MARKERS]
+        assert markers == (list(MARKERS) if labels["order"] == "wheel_first" else list(MARKERS[::-1]))
+        i_wheel = [s.image for s in segments].index("colorwheel")
+        assert {segments[i_wheel - 1].image, segments[i_wheel + 1].image} & {"page"}  # adjacent
+        assert [s.image for s in segments if s.image in KEYS] == [labels["content"]]
 
 
 def test_params_build_refuses_unknown_keys():
