@@ -9,6 +9,7 @@ Per model, on the same synthetic videos (textured, moving, H.264) and the same s
                  writes): frames / extraction time, i.e. after the model has loaded
   naive_fps      one video at a time in one process: decode, preprocess, infer, no overlap
   decode_fps     the decoder alone (decode + resize/crop, one process): what decoding costs
+  model_busy     share of the e2e extraction time the model was computing (1.0: never waited)
 and the ratios e2e/backbone and e2e/naive (median over alternating rounds, since the CPU may be
 shared), and ideal_ratio_given_decode_cost: model + decode CPU time per frame on these cores, the
 ceiling for e2e/backbone on this workload. All rates are frames per second measured in this run.
@@ -163,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                 s = got[0]
                 # e2e_fps: frames / extraction time (what the summary line reports: model load excluded)
                 rr["e2e_fps"], rr["frames"] = s.fps, s.frames
+                rr["model_busy"] = s.model_seconds / s.extract_seconds
                 rr["e2e_fps_with_startup"] = s.frames / s.seconds
                 if not args.skip_naive:
                     rr["naive_fps"], _ = measured(naive_frames, bb, cfg, videos)
@@ -171,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                 rounds.append(rr)
             res = {"threads": torch.get_num_threads(), "frames": rounds[0]["frames"],
                    "decode_fps_one_core": rounds[0]["decode_fps"]}
-            for key in ("backbone_fps", "e2e_fps", "e2e_fps_with_startup", "naive_fps"):
+            for key in ("backbone_fps", "e2e_fps", "e2e_fps_with_startup", "naive_fps", "model_busy"):
                 if key in rounds[0]:
                     res[key] = [round(rr[key], 2) for rr in rounds]
             med = lambda xs: float(np.median(xs))  # noqa: E731

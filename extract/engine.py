@@ -279,6 +279,7 @@ class Summary:
         return self.failed == 0
 
     extract_seconds: float = 0.0  # without start-up (model load, cache scan)
+    model_seconds: float = 0.0  # time in the backbone (the rest of extract_seconds: waiting, writing)
 
     @property
     def fps(self) -> float:
@@ -403,6 +404,7 @@ def _run_local(cfg, bb, cache, pending, groups, paths, summary, procs) -> None:
     finally:
         bar.close()
     summary.frames = ex.frames
+    summary.model_seconds = ex.infer_seconds
     summary.notes.update({ids[i]: n for i, n in ex.notes.items()})
 
 
@@ -465,6 +467,7 @@ def shard_task(cfg_dict: dict, items: list[tuple[str, str]], shard_path: str, dr
     ex = Extractor(bb, cfg)
     ex.process(videos, sink)
     return {"committed": sink.done_ids, "failures": failures, "frames": ex.frames,
+            "model_seconds": ex.infer_seconds,
             "notes": {videos[i].id: n for i, n in ex.notes.items()}}
 
 
@@ -478,6 +481,7 @@ def _run_dask(cfg: ExtractConfig, cache, groups, paths, summary) -> None:
     else:
         # spawned worker processes must import this project even when it is not installed
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (PKG_ROOT, os.environ.get("PYTHONPATH")) if p)
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # workers load torch after this
         cluster = LocalCluster(n_workers=cfg.workers, threads_per_worker=1, processes=True,
                                dashboard_address=None, silence_logs=40)
         client = Client(cluster)
@@ -505,6 +509,7 @@ def _run_dask(cfg: ExtractConfig, cache, groups, paths, summary) -> None:
                     summary.shards.append(paths[futures[fut]].name)
                 summary.done += len(res["committed"])
                 summary.frames += res["frames"]
+                summary.model_seconds += res["model_seconds"]
                 summary.notes.update(res["notes"])
                 bar.update(len(groups[futures[fut]]))
                 dt = time.monotonic() - t_start
