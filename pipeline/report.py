@@ -1,0 +1,62 @@
+"""A table of DVC experiments: the params that differ, STAN's metrics, and the baselines beside them."""
+
+from __future__ import annotations
+
+import re
+
+METRIC = re.compile(r"^metrics/(?P<labelset>[^/]+)/(?P<model>stan|baseline)\.json:(?P<key>.+)$")
+SHOWN = ("accuracy", "macro_f1", "map", "r2", "mae")
+
+
+def rows() -> list[dict]:
+    import dvc.api
+
+    return dvc.api.exp_show()
+
+
+def table(exps: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: experiment, changed params, then per label set STAN | linear | MLP."""
+    params = sorted({k for e in exps for k in e if k.startswith(("temporal.", "extract.", "demo."))})
+    changed = [p for p in params if len({repr(e.get(p)) for e in exps}) > 1]
+    cols: list[tuple[str, str, str]] = []  # (labelset, model column, metric key in exp_show)
+    for key in sorted({k for e in exps for k in e if METRIC.match(k)}):
+        m = METRIC.match(key)
+        name = m["key"].split(".")[-1]
+        if name not in SHOWN:
+            continue
+        if m["model"] == "stan" and "." not in m["key"]:
+            cols.append((m["labelset"], f"stan {name}", key))
+        elif m["model"] == "baseline" and m["key"].startswith(("linear.", "mlp.")):
+            cols.append((m["labelset"], f"{m['key'].split('.')[0]} {name}", key))
+    cols.sort(key=lambda c: (c[0], c[1].split()[1], ("stan", "linear", "mlp").index(c[1].split()[0])))
+    header = ["experiment", *changed, *[f"{ls}: {name}" for ls, name, _ in cols]]
+    body = []
+    for e in exps:
+        name = e.get("Experiment") or e.get("rev") or "?"
+        if e.get("rev") and e.get("Experiment") and e["rev"] != e["Experiment"]:
+            name = f"{e['Experiment']} ({e['rev']})"
+        body.append([name, *[_fmt(e.get(p)) for p in changed], *[_fmt(e.get(k)) for _, _, k in cols]])
+    return header, body
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return "-" if v is None else str(v)
+
+
+def render(header: list[str], body: list[list[str]], markdown: bool) -> str:
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(r) + " |" for r in body]
+        return "\n".join(lines)
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=True)]
+    return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(r, widths, strict=True))
+                     for r in [header, *body])
+
+
+def report(markdown: bool = False) -> int:
+    exps = [e for e in rows() if e.get("State") not in ("Queued", "Failed")]
+    header, body = table(exps)
+    print(render(header, body, markdown))
+    return 0
