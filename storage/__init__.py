@@ -16,10 +16,10 @@ from storage.cache import (
 )
 from storage.ids import check_video_id, video_id
 from storage.shard import CorruptShardError, Shard, ShardWriter
-from storage.verify import Report, verify
+from storage.verify import Report, quarantine, verify
 
 __all__ = [
     "CacheBusy", "CacheError", "CacheReader", "CacheWriter", "CorruptShardError",
     "FingerprintMismatch", "Report", "Shard", "ShardWriter", "Video", "check_video_id",
-    "open_cache", "read_failures", "shard_paths", "verify", "video_id",
+    "open_cache", "quarantine", "read_failures", "shard_paths", "verify", "video_id",
 ]

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from storage.ids import check_video_id
+
 SHARD_VERSION = 1
 SUFFIX = {"zarr": ".zarr", "hdf5": ".h5"}
 SHARD_NAME = re.compile(r"^part-(\d{5,})\.(zarr|h5)$")
@@ -104,6 +106,7 @@ class ShardWriter:
             raise ValueError(f"{video_id}: features shape {features.shape}, expected [T, {self.dim}]")
         if timestamps.shape != (features.shape[0],):
             raise ValueError(f"{video_id}: {timestamps.shape[0]} timestamps for {features.shape[0]} frames")
+        check_video_id(video_id)
         if video_id in self.ids:
             raise ValueError(f"{video_id}: added twice to {self.path.name}")
         self.ids.append(video_id)

@@ -63,3 +63,37 @@ def verify(root: str | os.PathLike, checksums: bool = True) -> Report:
         rep.notes.append(f"{len(stale)} unfinished temporary shard(s) from an interrupted run "
                          "(ignored; removed when extraction resumes)")
     return rep
+
+
+QUARANTINE = "quarantine"
+
+
+def quarantine(root: str | os.PathLike, shards: list[Path]) -> dict[str, list[str] | None]:
+    """Move damaged shards out of `root/shards` into `root/quarantine/` (kept for inspection).
+
+    Returns {shard name: the video ids it held, or None when even its index is unreadable}.
+    Once moved, the shard's videos are no longer in the index, so a resumed extraction
+    re-extracts exactly them. The caller must hold the cache's write lock (a CacheWriter).
+    """
+    root = Path(root)
+    qdir = root / QUARANTINE
+    qdir.mkdir(exist_ok=True)
+    held: dict[str, list[str] | None] = {}
+    for path in shards:
+        try:
+            s = Shard(path)
+            held[path.name] = list(s.video_ids)
+            s.close()
+        except CorruptShardError:
+            held[path.name] = None
+        dest, n = qdir / path.name, 1
+        while dest.exists() or dest.is_symlink():
+            dest, n = qdir / f"{path.name}.{n}", n + 1
+        os.replace(path, dest)
+    if shards:
+        fd = os.open(root / "shards", os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return held
