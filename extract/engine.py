@@ -273,6 +273,8 @@ class Summary:
     shards: list[str] = field(default_factory=list)
     failures: dict[str, str] = field(default_factory=dict)
     notes: dict[str, list[str]] = field(default_factory=dict)  # video id -> decoder work-arounds
+    # --repair: damaged shard moved to CACHE/quarantine/ -> the video ids it held (None: unreadable)
+    repaired: dict[str, list[str] | None] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -327,10 +329,12 @@ def _progress(total: int, cfg: ExtractConfig):
 
 
 def run(config: ExtractConfig, videos_dir: str | os.PathLike, out_dir: str | os.PathLike,
-        backbone: Backbone | None = None) -> Summary:
+        backbone: Backbone | None = None, repair: bool = False) -> Summary:
     """Extract every video under `videos_dir` not yet in the cache `out_dir`; returns what it did.
 
     `backbone`: an already loaded `extract.backbone.load_backbone(config)` to reuse (optional).
+    `repair`: first verify every shard (checksums included), move damaged ones to
+    `out_dir/quarantine/`, then extract their videos again (with the rest of the pending ones).
 
     Raises ExtractError (bad settings, weights unavailable) or storage.CacheError (fingerprint
     mismatch, cache busy) before any work; per-video failures are in the Summary, not raised.
@@ -347,16 +351,18 @@ def run(config: ExtractConfig, videos_dir: str | os.PathLike, out_dir: str | os.
         # start the decoders now: their start-up (imports) overlaps the model's
         procs = [spawn_decoder(DECODER_NICE) for _ in range(min(cfg.decoders, max(1, len(videos))))]
     try:
-        return _run(cfg, videos, device, distributed, procs, out_dir, t0, backbone)
+        return _run(cfg, videos, device, distributed, procs, out_dir, t0, backbone, repair)
     finally:
         kill_all(procs)  # the ones the pool did not take
 
 
-def _run(cfg, videos, device, distributed, procs, out_dir, t0, bb) -> Summary:
+def _run(cfg, videos, device, distributed, procs, out_dir, t0, bb, repair=False) -> Summary:
     bb = bb or load_backbone(cfg, device)
     summary = Summary(cache=str(out_dir), videos=len(videos))
     with storage.CacheWriter(out_dir, dim=bb.dim, dtype=cfg.dtype, fingerprint=bb.fingerprint(cfg),
                              provenance=provenance(bb)) as cache:
+        if repair:  # under the lock: nobody else is writing
+            summary.repaired = storage.quarantine(out_dir, storage.verify(out_dir).bad_shards)
         committed = cache.committed_ids()
         pending = [v for v in videos if v.id not in committed]
         summary.skipped = len(videos) - len(pending)
