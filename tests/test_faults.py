@@ -223,6 +223,8 @@ def test_two_writers_at_once_one_stops_clearly(vids, ref, tmp_path):
     assert "is being written by pid" in loser and "resumes" in loser
     assert_complete(ref, out)
     # a writer in this process is refused too while the lock is held by another process
+    out = tmp_path / "cache2"
+    cmd[cmd.index("--out") + 1] = str(out)
     holder = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
