@@ -72,7 +72,7 @@ def main() -> int:
             kind = e["FAULT"]
             delay = None
         else:
-            delay = rng.uniform(1.0, 9.0)  # start-up (model load) takes ~3-5 s of that
+            delay = rng.uniform(0.5, 7.0)  # start-up (model load) takes ~3-5 s of that
             kind = f"time:{delay:.2f}s"
         proc = subprocess.Popen([sys.executable, "-m", "tests.faultinject", "--videos", str(vids),
                                  "--out", str(out), *CLI], env=e, stdout=subprocess.DEVNULL,

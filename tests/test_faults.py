@@ -397,3 +397,13 @@ def test_damaged_shard_without_repair_says_what_to_do(vids, tmp_path):
     r = run_module("extract", "--videos", vids, "--out", out, *TINY_CLI, check=False)
     assert r.returncode == 2 and victim.name in r.stderr and "--repair" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_random_kill_soak_small():
+    """bench/soak.py at CI size: random-time kills and one kill inside a commit, then resume."""
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "soak.py"), "--trials", "3", "--videos", "3",
+                           "--seed", "1"], capture_output=True, text=True, timeout=600)
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert proc.returncode == 0 and res["ok"], res
+    assert len(res["log"]) == 3 and all(t["rc"] == -9 or t["rc"] in (0,) for t in res["log"])
+    assert any(t["kill"].startswith("kill:") for t in res["log"])
