@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+import storage
+
 SPLITS = ("train", "val", "test")
 
 
@@ -107,6 +109,11 @@ def read_labels(path: str | os.PathLike, task: str = "auto") -> Labels:
         vid, lab, split = ((r.get(c) or "").strip() for c in ("video_id", "label", "split"))
         if not vid:
             errors.append(f"line {line}: empty video_id")
+            continue
+        try:
+            storage.check_video_id(vid)
+        except ValueError as e:  # ids are paths under the videos root; never outside it
+            errors.append(f"line {line}: {e}")
             continue
         if vid in seen:
             errors.append(f"line {line}: {vid!r} already labelled on line {seen[vid]}")

@@ -45,6 +45,8 @@ def test_single_multi_regression_parse(tmp_path):
     ("a,x,train\nb,,train\n", "'b': empty label"),
     ("a,x,train\nb,x,test\n", "at least 2 classes"),
     ("a,1.5,train\nb,oops,train\n", None),
+    ("a,x,train\n../../etc/passwd,y,train\n", "line 3: video id '../../etc/passwd' escapes"),
+    ("a,x,train\n/abs.mp4,y,train\n", "line 3: video id '/abs.mp4' escapes"),
 ])
 def test_bad_label_files_name_the_rows(tmp_path, rows, message):
     path = csv_file(tmp_path, rows)
