@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 
+# DVC prefixes a metric with its file only when several files share the name (two label sets do)
 METRIC = re.compile(r"^metrics/(?P<labelset>[^/]+)/(?P<model>stan|baseline)\.json:(?P<key>.+)$")
+PLAIN = re.compile(r"^(?P<labelset>)(?P<model>)(?P<key>(?:(?P<base>linear|mlp)\.)?[a-z0-9_]+)$")
 SHOWN = ("accuracy", "macro_f1", "map", "r2", "mae")
 
 
@@ -19,11 +21,16 @@ def table(exps: list[dict]) -> tuple[list[str], list[list[str]]]:
     params = sorted({k for e in exps for k in e if k.startswith(("temporal.", "extract.", "demo."))})
     changed = [p for p in params if len({repr(e.get(p)) for e in exps}) > 1]
     cols: list[tuple[str, str, str]] = []  # (labelset, model column, metric key in exp_show)
-    for key in sorted({k for e in exps for k in e if METRIC.match(k)}):
-        m = METRIC.match(key)
+    keys = sorted({k for e in exps for k in e if METRIC.match(k)})
+    if not keys:  # one label set: unprefixed names, `accuracy` for STAN, `linear.accuracy` ...
+        keys = sorted({k for e in exps for k in e if PLAIN.match(k) and k.split(".")[-1] in SHOWN})
+    for key in keys:
+        m = METRIC.match(key) or PLAIN.match(key)
         name = m["key"].split(".")[-1]
         if name not in SHOWN:
             continue
+        if not m["model"]:
+            m = {"labelset": "test", "model": "baseline" if m["base"] else "stan", "key": m["key"]}
         if m["model"] == "stan" and "." not in m["key"]:
             cols.append((m["labelset"], f"stan {name}", key))
         elif m["model"] == "baseline" and m["key"].startswith(("linear.", "mlp.")):

@@ -5,6 +5,7 @@ The field names are the keys of the `temporal:` section of params.yaml, so keep 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import json
@@ -64,9 +65,12 @@ class Config:
         for f in fields(self):
             v = getattr(self, f.name)
             want = {"int": int, "float": float, "bool": bool, "str": str}[str(f.type)]
+            if want is float and isinstance(v, str):  # YAML 1.1 reads `5e-4` as a string
+                with contextlib.suppress(ValueError):
+                    v = float(v)
             if want is float and isinstance(v, int) and not isinstance(v, bool):
                 v = float(v)
-                setattr(self, f.name, v)
+            setattr(self, f.name, v)
             if not isinstance(v, want) or (want is int and isinstance(v, bool)):
                 raise ConfigError(f"temporal option {f.name}: expected {want.__name__}, got {v!r}")
         for name, allowed in CHOICES.items():
