@@ -36,12 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--predictions", type=Path, required=True)
     p = sub.add_parser("report", help="experiments and their metrics, baseline beside them")
     p.add_argument("--md", action="store_true", help="a Markdown table")
+    p.add_argument("--rev", help="experiments derived from this commit (default HEAD)")
     a = ap.parse_args(argv)
 
     if a.stage == "report":
         from pipeline.report import report
 
-        return report(markdown=a.md)
+        return report(markdown=a.md, rev=a.rev)
     params = load_params(a.params)
     if a.stage == "prepare":
         stages.prepare(params, a.out)

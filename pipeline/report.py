@@ -10,10 +10,10 @@ PLAIN = re.compile(r"^(?P<labelset>)(?P<model>)(?P<key>(?:(?P<base>linear|mlp)\.
 SHOWN = ("accuracy", "macro_f1", "map", "r2", "mae")
 
 
-def rows() -> list[dict]:
+def rows(rev: str | None = None) -> list[dict]:
     import dvc.api
 
-    return dvc.api.exp_show()
+    return dvc.api.exp_show(revs=rev)
 
 
 def table(exps: list[dict]) -> tuple[list[str], list[list[str]]]:
@@ -62,8 +62,9 @@ def render(header: list[str], body: list[list[str]], markdown: bool) -> str:
                      for r in [header, *body])
 
 
-def report(markdown: bool = False) -> int:
-    exps = [e for e in rows() if e.get("State") not in ("Queued", "Failed")]
+def report(markdown: bool = False, rev: str | None = None) -> int:
+    """Experiments derived from `rev` (default HEAD) and the baselines beside them."""
+    exps = [e for e in rows(rev) if e.get("State") not in ("Queued", "Failed")]
     header, body = table(exps)
     print(render(header, body, markdown))
     return 0
