@@ -32,3 +32,14 @@ def make_video(tmp_path):
         return path
 
     return make
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models on a shared 2-core machine: a second intra-op thread only adds contention."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
