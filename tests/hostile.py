@@ -29,12 +29,17 @@ def good(path: Path, n: int = 30, fps: float = 10, size=SIZE, seed: int = 0) -> 
     return path
 
 
+def _h264(container, rate: int):
+    s = container.add_stream("libx264", rate=rate)
+    s.height, s.width = SIZE
+    s.pix_fmt = "yuv420p"
+    return s
+
+
 def vfr(path: Path, n: int = 30) -> Path:
     """Variable frame rate: frame gaps alternate 40 ms and 200 ms (time base 1/1000)."""
     with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=25)
-        s.height, s.width = SIZE
-        s.pix_fmt = "yuv420p"
+        s = _h264(c, 25)
         s.codec_context.time_base = Fraction(1, 1000)
         t = 0
         for i, f in enumerate(frames(n)):
@@ -49,9 +54,7 @@ def vfr(path: Path, n: int = 30) -> Path:
 def rotated(path: Path, n: int = 20) -> Path:
     """Rotation metadata (the container's `rotate` tag) on an ordinary video."""
     with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=10)
-        s.height, s.width = SIZE
-        s.pix_fmt = "yuv420p"
+        s = _h264(c, 10)
         s.metadata["rotate"] = "90"
         for f in frames(n):
             c.mux(s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
