@@ -1,6 +1,7 @@
-"""python -m temporal train|evaluate|baseline: stage two, from the feature cache.
+"""python -m temporal pretrain|train|evaluate|baseline: stage two, from the feature cache.
 
-  train     --cache C --labels L.csv --out runs/x [--config params.yaml] [--fusion cross ...]
+  pretrain  --cache C --out runs/pre [--holdout L.csv]   self-supervised, on unlabelled videos
+  train     --cache C --labels L.csv --out runs/x [--config params.yaml] [--init runs/pre] [...]
   evaluate  --run runs/x --split test [--metrics FILE] [--predictions FILE]
   baseline  --cache C --labels L.csv --out runs/probe [same options as train]
 
@@ -62,6 +63,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", type=Path, help="YAML/JSON of options (flat or under `temporal:`)")
     _add_config_options(p)
 
+    p = sub.add_parser("pretrain", help="self-supervised pre-training on the unlabelled cache")
+    p.add_argument("--cache", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="run directory to write (train --init reads it)")
+    p.add_argument("--holdout", type=Path, metavar="LABELS.csv",
+                   help="leave out the videos of this labels file's test split (labels are not read)")
+    p.add_argument("--targets", type=int, default=64, help="principal components to reconstruct (default 64)")
+    p.add_argument("--config", type=Path, help="YAML/JSON of options (flat or under `temporal:`)")
+    _add_config_options(p)
+
     p = sub.add_parser("evaluate", help="metrics + per-video predictions of a saved run")
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
@@ -94,6 +104,15 @@ def main(argv: list[str] | None = None) -> int:
             from temporal.train import train
 
             train(args.cache, args.labels, args.out, cfg)
+        elif args.cmd == "pretrain":
+            from temporal.labels import read_labels
+            from temporal.pretrain import pretrain
+
+            held = set()
+            if args.holdout:
+                lab = read_labels(args.holdout)
+                held = {lab.ids[i] for i in lab.rows("test")}
+            pretrain(args.cache, args.out, cfg, exclude=held, targets=args.targets)
         else:
             from temporal.baseline import baseline
 

@@ -49,6 +49,9 @@ class Config:
     eval_views: int = 4
     train_fraction: float = 1.0  # deterministic, nested, class-stratified subset of the train split
     skip_missing: bool = False  # skip (and count) labelled videos absent from the cache instead of failing
+    aug_noise: float = 0.0  # training: Gaussian noise on the features, in units of each feature's std
+    aug_drop: float = 0.0  # training: probability of masking out each sampled frame
+    init: str = ""  # a `python -m temporal pretrain` run to start from ("" = random init)
     # --- optimisation ---
     epochs: int = 30
     batch_size: int = 16
@@ -86,6 +89,9 @@ class Config:
                 raise ConfigError(f"temporal option {name} must be >= 0, got {getattr(self, name)}")
         if self.dim % self.heads:
             raise ConfigError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
+        if not 0.0 <= self.aug_drop < 1.0 or self.aug_noise < 0:
+            raise ConfigError(f"aug_drop must be in [0, 1) and aug_noise >= 0, got {self.aug_drop}, "
+                              f"{self.aug_noise}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 < self.train_fraction <= 1.0:

@@ -53,11 +53,11 @@ def sample_frames(length: int, frames: int, mode: str, rng: np.random.Generator)
     if mode == "window":
         start = int(rng.integers(0, length - frames + 1))
         return np.arange(start, start + frames)
-    # one frame from each of `frames` equal segments, at a random place in the segment (TSN):
-    # covers the whole video every time, and different steps see different frames
-    edges = np.linspace(0, length, frames + 1)
-    idx = np.floor(edges[:-1] + rng.random(frames) * np.diff(edges)).astype(np.int64)
-    return np.minimum(idx, length - 1)
+    # one frame from each of `frames` segments of whole frames, at a random place in it (TSN):
+    # covers the whole video every time, different steps see different frames, and no frame is
+    # taken twice (segments of fractional width would share frames at their edges)
+    edges = np.round(np.linspace(0, length, frames + 1)).astype(np.int64)
+    return edges[:-1] + (rng.random(frames) * np.diff(edges)).astype(np.int64)
 
 
 def view_frames(length: int, frames: int, mode: str, views: int) -> list[np.ndarray]:
@@ -67,12 +67,8 @@ def view_frames(length: int, frames: int, mode: str, views: int) -> list[np.ndar
     if mode == "window":
         starts = np.unique(np.round(np.linspace(0, length - frames, views)).astype(np.int64))
         return [np.arange(s, s + frames) for s in starts]
-    edges = np.linspace(0, length, frames + 1)
-    out = []
-    for v in range(views):
-        idx = np.floor(edges[:-1] + (v + 0.5) / views * np.diff(edges)).astype(np.int64)
-        out.append(np.minimum(idx, length - 1))
-    return out
+    edges = np.round(np.linspace(0, length, frames + 1)).astype(np.int64)
+    return [edges[:-1] + ((v + 0.5) / views * np.diff(edges)).astype(np.int64) for v in range(views)]
 
 
 def eval_clips(videos: Videos, rows: list[int], frames: int, mode: str, sampling: str,

@@ -201,24 +201,39 @@ def match_cache(labels: Labels, cache, skip_missing: bool = False) -> tuple[Labe
     return kept, notes
 
 
-def _rank(vid: str) -> str:
-    # a per-id hash: the subset does not depend on file order or seed, and smaller fractions
-    # are subsets of larger ones, so a data-efficiency curve compares nested training sets
-    return hashlib.sha1(vid.encode()).hexdigest()
+def _rank(vid: str, seed: int) -> str:
+    # a per-(seed, id) hash: the subset does not depend on file order, differs between seeds (so
+    # seeds give error bars over subsets too), and for one seed smaller fractions are subsets of
+    # larger ones, so a data-efficiency curve compares nested training sets
+    return hashlib.sha1(f"{seed}:{vid}".encode()).hexdigest()
 
 
-def train_subset(labels: Labels, fraction: float) -> list[int]:
-    """Rows of the train split kept by `fraction`: per class for single-label (at least one each)."""
+def _strata(labels: Labels, rows: list[int]) -> list[object]:
+    """What a subset keeps in proportion: the class (single), the rarest class of the video
+    (multi: every class stays represented), the quintile of the target (regression)."""
+    if labels.task == "single":
+        return [labels.targets[i] for i in rows]
+    if labels.task == "multi":
+        freq = np.zeros(len(labels.classes), dtype=int)
+        for i in rows:
+            freq[labels.targets[i]] += 1
+        return [min(labels.targets[i], key=lambda c: (freq[c], c)) if labels.targets[i] else -1 for i in rows]
+    y = np.array([labels.targets[i] for i in rows], dtype=np.float64)
+    return list(np.searchsorted(np.quantile(y, [0.2, 0.4, 0.6, 0.8]), y, side="right"))
+
+
+def train_subset(labels: Labels, fraction: float, seed: int = 0) -> list[int]:
+    """Rows of the train split kept by `fraction`, stratified (see `_strata`, at least one per
+    stratum), chosen by `seed`."""
     rows = labels.rows("train")
-    if fraction >= 1.0:
+    if fraction >= 1.0 or not rows:
         return rows
     groups: dict[object, list[int]] = {}
-    for i in rows:
-        key = labels.targets[i] if labels.task == "single" else None
+    for i, key in zip(rows, _strata(labels, rows), strict=True):
         groups.setdefault(key, []).append(i)
     keep = []
     for members in groups.values():
-        members.sort(key=lambda i: _rank(labels.ids[i]))
+        members.sort(key=lambda i: _rank(labels.ids[i], seed))
         keep += members[: max(1, math.ceil(fraction * len(members)))]
     return sorted(keep)
 

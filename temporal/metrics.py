@@ -44,7 +44,8 @@ def compute_metrics(task: str, y: np.ndarray, scores: np.ndarray, threshold: flo
                "micro_f1": skm.f1_score(y, pred, average="micro", zero_division=0)}
     else:
         out = {"mse": skm.mean_squared_error(y, scores), "mae": skm.mean_absolute_error(y, scores),
-               "r2": skm.r2_score(y, scores) if len(y) > 1 else float("nan")}
+               # undefined for fewer than two videos or a constant target (scikit-learn says 0 or 1)
+               "r2": skm.r2_score(y, scores) if len(y) > 1 and np.ptp(y) > 0 else float("nan")}
     return {k: clean(v) for k, v in out.items()}
 
 

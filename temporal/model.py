@@ -195,22 +195,30 @@ class STAN(nn.Module):
         for enc in (s.encoder for s in (self.spatial, self.temporal) if s is not None):
             nn.init.normal_(enc.cls, std=0.02)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Logits [B, out] from features x [B,T,D], timestamps t [B,T], mask [B,T] (True = real)."""
+    @property
+    def embed_dim(self) -> int:
+        """Width of `embed`'s output: both CLS tokens side by side, except for sum and one stream."""
+        return self.cfg.dim if self.fusion in ("sum", "single") else 2 * self.cfg.dim
+
+    def embed(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The video's representation [B, embed_dim], what the head reads (and pre-training trains)."""
         if self.fusion == "single":
             stream = self.spatial if self.spatial is not None else self.temporal
-            s, _ = stream(x, t, mask)
-            return self.heads[0](s[:, 0])
+            return stream(x, t, mask)[0][:, 0]
         s, sm = self.spatial(x, t, mask)
         u, um = self.temporal(x, t, mask)
         for to_u, to_s in self.cross:  # bidirectional: both directions read the previous layer
             s, u = to_u(s, sm, u, um), to_s(u, um, s, sm)
         cs, cu = s[:, 0], u[:, 0]
+        return cs + cu if self.fusion == "sum" else torch.cat([cs, cu], dim=-1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Logits [B, out] from features x [B,T,D], timestamps t [B,T], mask [B,T] (True = real)."""
+        z = self.embed(x, t, mask)
         if self.fusion == "late":
-            return (self.heads[0](cs) + self.heads[1](cu)) / 2
-        if self.fusion == "sum":
-            return self.heads[0](cs + cu)
-        return self.heads[0](torch.cat([cs, cu], dim=-1))
+            d = self.cfg.dim
+            return (self.heads[0](z[:, :d]) + self.heads[1](z[:, d:])) / 2
+        return self.heads[0](z)
 
 
 class MeanPool(nn.Module):

@@ -57,17 +57,20 @@ class Data:
 
 
 def load_data(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, cfg: Config,
-              task: str | None = None, classes: list[str] | None = None, log=print) -> Data:
+              task: str | None = None, classes: list[str] | None = None, log=print,
+              training: bool = True) -> Data:
+    """The labelled videos of a cache; `training` subsets the train split and checks every class
+    has training videos (evaluation needs neither: its labels file may hold no train rows)."""
     cache = storage.open_cache(cache_dir)
     labels = read_labels(labels_csv, task or cfg.task)
     if classes is not None:
         labels = remap_classes(labels, classes)
     labels, notes = match_cache(labels, cache, cfg.skip_missing)
-    train = train_subset(labels, cfg.train_fraction)
+    train = train_subset(labels, cfg.train_fraction, cfg.seed) if training else labels.rows("train")
     n_all = len(labels.rows("train"))
     if len(train) < n_all:
         notes.append(f"train_fraction {cfg.train_fraction}: training on {len(train)} of {n_all} train videos")
-    if classes is None:
+    if training:
         check_classes(labels, train)
     for note in notes:
         log(f"note: {note}")
@@ -131,11 +134,15 @@ def lr_at(step: int, total: int, warmup: int, lr: float) -> float:
     return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
+def no_decay(name: str, p: torch.nn.Parameter) -> bool:
+    """Biases, norms and learned tokens (CLS, mask) are not shrunk; weight matrices are (nanoGPT)."""
+    return p.dim() < 2 or name.rsplit(".", 1)[-1] in ("cls", "mask_token")
+
+
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    # decay matrices only, as in nanoGPT: biases, norms and CLS tokens are not shrunk
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return [{"params": [p for n, p in named if not no_decay(n, p)], "weight_decay": weight_decay},
+            {"params": [p for n, p in named if no_decay(n, p)], "weight_decay": 0.0}]
 
 
 def targets_tensor(data: Data, rows, mean: float, std: float) -> torch.Tensor:
@@ -145,11 +152,47 @@ def targets_tensor(data: Data, rows, mean: float, std: float) -> torch.Tensor:
     return torch.from_numpy(y)
 
 
-def train_batch(data: Data, rows, cfg: Config, rng: np.random.Generator, device: torch.device):
+def train_batch(videos: Videos, rows, cfg: Config, rng: np.random.Generator, device: torch.device):
     """One training batch: `cfg.frames` frames sampled from each video, padded, on the device."""
-    clips = [Clip(int(i), sample_frames(int(data.videos.lengths[i]), cfg.frames, cfg.sampling, rng))
-             for i in rows]
-    return collate(data.videos, clips, device)
+    clips = [Clip(int(i), sample_frames(int(videos.lengths[i]), cfg.frames, cfg.sampling, rng)) for i in rows]
+    return collate(videos, clips, device)
+
+
+def feature_std(videos: Videos, rng: np.random.Generator, max_frames: int = 5000) -> np.ndarray:
+    """[D] float32: each feature's spread over (a sample of) the videos' frames; noise is scaled by it."""
+    v = rng.integers(len(videos), size=max_frames)
+    f = [int(rng.integers(videos.lengths[i])) for i in v]
+    x = np.stack([videos.feats[i][j] for i, j in zip(v, f, strict=True)]).astype(np.float32)
+    return x.std(0) + 1e-6
+
+
+def augment(x: torch.Tensor, mask: torch.Tensor, cfg: Config, std: torch.Tensor,
+            rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Feature-space augmentation: Gaussian noise (`aug_noise` x each feature's std) and frames
+    dropped at random (`aug_drop`, by masking: every video keeps at least its first frame)."""
+    if cfg.aug_noise > 0:
+        x = x + cfg.aug_noise * std * torch.randn(x.shape, generator=_torch_rng(rng), device="cpu").to(x.device)
+    if cfg.aug_drop > 0:
+        keep = torch.from_numpy(rng.random(tuple(mask.shape)) >= cfg.aug_drop).to(mask.device)
+        keep[:, 0] = True
+        mask = mask & keep
+    return x, mask
+
+
+def _torch_rng(rng: np.random.Generator) -> torch.Generator:
+    return torch.Generator().manual_seed(int(rng.integers(1 << 62)))
+
+
+def optimizer_step(opt: torch.optim.Optimizer, params: torch.nn.Module, loss: torch.Tensor, lr: float,
+                   grad_clip: float) -> None:
+    """One AdamW step at learning rate `lr`, gradients clipped to norm `grad_clip` (0: off)."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params.parameters(), grad_clip)
+    opt.step()
 
 
 @torch.inference_mode()
@@ -173,6 +216,18 @@ def predict(model: torch.nn.Module, data: Data, rows: list[int], cfg: Config, ta
     if sums is None:
         return np.zeros((0,))
     return sums / counts.reshape(-1, *([1] * (sums.ndim - 1)))
+
+
+def full_length_note(cfg: Config, lengths: np.ndarray) -> str | None:
+    """Training sees at most `frames` frames of a video, spread over all of it; full-length
+    evaluation sees every frame, closer together than in training (the temporal stream's
+    differences then span shorter steps). Say so when it happens."""
+    if cfg.eval_mode != "full" or not len(lengths) or lengths.max() <= cfg.frames:
+        return None
+    longer = int((lengths > cfg.frames).sum())
+    return (f"eval_mode full: {longer} video(s) are longer than the {cfg.frames} frames training samples, "
+            f"so evaluation sees their frames up to {lengths.max() / cfg.frames:.1f}x closer together than "
+            "training did; train with frames >= the longest video (or eval_mode views) for the two to agree")
 
 
 def score_rows(model, data: Data, rows: list[int], cfg: Config, meta: dict, device
@@ -227,7 +282,13 @@ def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: 
         meta["target_mean"], meta["target_std"] = float(y.mean()), float(y.std()) or 1.0
     y_all = targets_tensor(data, range(len(data.labels)), meta["target_mean"], meta["target_std"])
 
-    model = build_model(cfg, meta["in_dim"], meta["out_dim"]).to(device)
+    model = build_model(cfg, meta["in_dim"], meta["out_dim"])
+    if cfg.init:
+        from temporal.pretrain import load_pretrained
+
+        log(f"note: {load_pretrained(model, cfg.init, cfg, meta['in_dim'], data.fingerprint)}")
+    model = model.to(device)
+    std = torch.from_numpy(feature_std(data.videos, np.random.default_rng(cfg.seed))).to(device)
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95),
                             fused=device.type == "cuda")
     n_params = sum(p.numel() for p in model.parameters())
@@ -237,6 +298,9 @@ def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: 
     log(f"{kind} | videos: {len(data.train)} train, {len(data.val)} val, {len(data.test)} test "
         f"({data.videos.nbytes / 2**20:.1f} MiB of features in memory) | "
         f"{cfg.model} {cfg.streams}/{cfg.fusion}, {n_params / 1e6:.2f}M params on {device}")
+    note = full_length_note(cfg, data.videos.lengths)
+    if note:
+        log(f"warning: {note}")
     use_val = bool(data.val)
     if not use_val:
         log("note: no val split: no early stopping, keeping the last epoch's weights")
@@ -251,19 +315,14 @@ def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: 
         loss_sum, seen = 0.0, 0
         for b in range(0, len(perm), cfg.batch_size):
             rows = perm[b:b + cfg.batch_size]
-            x, t, m = train_batch(data, rows, cfg, rng, device)
+            x, t, m = train_batch(data.videos, rows, cfg, rng, device)
+            x, m = augment(x, m, cfg, std, rng)
             y = y_all[torch.from_numpy(rows)].to(device)
             lr = lr_at(step, total, warm, cfg.lr)
-            for g in opt.param_groups:
-                g["lr"] = lr
             with autocast(device):
                 logits = model(x, t, m)
             loss = loss_fn(task, logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
+            optimizer_step(opt, model, loss, lr, cfg.grad_clip)
             loss_sum += loss.item() * len(rows)
             seen += len(rows)
             step += 1
@@ -280,7 +339,7 @@ def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: 
             best_state = copy.deepcopy(model.state_dict())
         post = {f"val_{monitor}": _fmt(current)} if use_val else {}
         bar.set_postfix(loss=_fmt(row["train_loss"]), **post)
-        if use_val and cfg.patience and epoch - best_epoch >= cfg.patience:
+        if use_val and cfg.patience and epoch - best_epoch >= cfg.patience and epoch < cfg.epochs:
             stopped_early = True
             break
     bar.close()
@@ -371,13 +430,17 @@ def evaluate(run_dir: str | os.PathLike, split: str = "test", metrics_path: str 
     for what, p in (("cache", cache_dir), ("labels", labels_csv)):
         if not p.exists():
             raise FileNotFoundError(f"{what} {p} (recorded at training) not found; pass it explicitly")
-    data = load_data(cache_dir, labels_csv, cfg, task=meta["task"], classes=meta["classes"] or None, log=log)
+    data = load_data(cache_dir, labels_csv, cfg, task=meta["task"], classes=meta["classes"] or None, log=log,
+                     training=False)
     if data.fingerprint != meta["fingerprint"]:
         raise RunError(f"{cache_dir}: its fingerprint differs from the cache the run was trained on "
                          "(different backbone or preprocessing): the features would not mean the same")
     rows = getattr(data, split)
     if not rows:
         raise LabelError(f"split {split!r} has no videos in {labels_csv}")
+    note = full_length_note(cfg, data.videos.lengths[rows])
+    if note:
+        log(f"warning: {note}")
     metrics, scores = score_rows(model, data, rows, cfg, meta, device)
     metrics = {"split": split, **metrics}
     _write_json(Path(metrics_path or run / f"metrics_{split}.json"), metrics)

@@ -139,3 +139,28 @@ def test_metrics_agree_with_scikit_learn_and_hand_values():
     assert m["mae"] == pytest.approx(0.5)
     assert m["r2"] == pytest.approx(skm.r2_score(y, p))
     assert compute_metrics("regression", y[:1], p[:1])["r2"] is None  # undefined -> null, not NaN
+
+
+def test_train_fraction_is_stratified_and_seeded_for_every_task(tmp_path):
+    # multi-label: a rare class (2 of 60 videos) must survive a 10 % subset
+    rows = "".join(f"v{i},{'x|z' if i < 2 else 'xy'[i % 2]},train\n" for i in range(60)) + "t,x,test\n"
+    lab = read_labels(csv_file(tmp_path, rows, "multi.csv"))
+    z = lab.classes.index("z")
+    for seed in range(5):
+        sub = train_subset(lab, 0.1, seed)
+        assert any(z in lab.targets[i] for i in sub) and len(sub) <= 10
+    # regression: every fifth of the target's range keeps its share
+    rows = "".join(f"r{i},{i + 0.5},train\n" for i in range(100)) + "t,1.5,test\n"
+    lab = read_labels(csv_file(tmp_path, rows, "reg.csv"))
+    sub = train_subset(lab, 0.2, 0)
+    assert sorted(np.bincount([int(lab.targets[i] // 20) for i in sub])) == [4, 4, 4, 4, 4]
+    # seeds draw different subsets (error bars over subsets), each nested across fractions
+    a, b = train_subset(lab, 0.2, 0), train_subset(lab, 0.2, 1)
+    assert a != b and set(a) <= set(train_subset(lab, 0.5, 0))
+    assert a == train_subset(lab, 0.2, 0)
+
+
+def test_r2_of_a_constant_target_is_undefined_not_zero():
+    y = np.full(5, 3.0)
+    assert compute_metrics("regression", y, y + 0.1)["r2"] is None
+    assert compute_metrics("regression", y, y)["r2"] is None

@@ -155,3 +155,82 @@ def test_cli_errors_are_clear(tmp_path):
     missing = write_labels(tmp_path / "m.csv", [("v0000.mp4", "a", "train"), ("nope.mp4", "b", "train")])
     proc = cli("train", "--cache", cache, "--labels", missing, "--out", tmp_path / "r", check=False)
     assert proc.returncode == 2 and "not in the cache" in proc.stderr and "'nope.mp4'" in proc.stderr
+
+
+def test_the_kept_weights_are_the_best_val_epochs(tmp_path):
+    cache, labels = class_task(tmp_path, videos=36, classes=3, lengths=(8, 30))
+    run = temporal.train(cache, labels, tmp_path / "run", TINY, epochs=8, patience=3, lr=3e-2, log=quiet)
+    hist = read_csv(run / "history.csv")
+    losses = [float(r["val_loss"]) for r in hist]
+    summary = json.loads((run / "summary.json").read_text())
+    best = int(np.argmin(losses)) + 1
+    assert summary["best_epoch"] == best
+    # the saved weights reproduce that epoch's val loss, not the last epoch's
+    again = temporal.evaluate(run, "val", log=quiet)
+    assert again["loss"] == pytest.approx(losses[best - 1], rel=1e-5)
+    assert summary["epochs_run"] == len(hist) and summary["stopped_early"] == (len(hist) < 8)
+
+
+def test_train_fraction_trains_on_the_stratified_subset(tmp_path):
+    cache, labels = class_task(tmp_path, videos=60, classes=3)
+    lines = []
+    run = temporal.train(cache, labels, tmp_path / "run", TINY, epochs=1, train_fraction=0.34,
+                         log=lines.append)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["videos"]["train"] == 12  # ceil(0.34 x 10) x 3 classes of the 30 train videos
+    assert any("training on 12 of 30 train videos" in s for s in lines)
+
+
+def test_a_regression_run_evaluates_on_labels_without_train_rows(tmp_path):
+    rng = np.random.default_rng(0)
+    videos, rows = [], []
+    for i in range(30):
+        x = rng.standard_normal((10, 8)) + i / 10
+        videos.append((f"v{i}.mp4", x.astype(np.float16), np.arange(10, dtype=np.float32)))
+        rows.append((f"v{i}.mp4", f"{i / 10 + 0.05:.2f}", "test" if i % 3 == 0 else "train"))
+    cache = write_cache(tmp_path / "cache", videos, dim=8)
+    run = temporal.train(cache, write_labels(tmp_path / "l.csv", rows), tmp_path / "run", TINY, epochs=2,
+                         log=quiet)
+    only_test = write_labels(tmp_path / "test.csv", [r for r in rows if r[2] == "test"])
+    m = temporal.evaluate(run, "test", labels_csv=only_test, log=quiet)
+    assert m["videos"] == 10 and m["mse"] is not None
+
+
+def test_cls_and_mask_tokens_are_not_weight_decayed():
+    from temporal.train import param_groups
+
+    model = temporal.build_model(temporal.Config(**{**TINY, "frames": 8}), 16, 3)
+    decayed, kept = param_groups(model, 0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert decayed["weight_decay"] == 0.05 and kept["weight_decay"] == 0.0
+    assert {names[id(p)] for p in kept["params"]} >= {"spatial.encoder.cls", "temporal.encoder.cls"}
+    assert all(p.dim() >= 2 and not names[id(p)].endswith("cls") for p in decayed["params"])
+
+
+def test_pretraining_reconstructs_the_timeline_and_fine_tuning_starts_from_it(tmp_path):
+    from temporal.pretrain import pretrain
+
+    cache, labels = order_task(tmp_path, pairs=24, frames=24, dim=16)
+    cfg = {**TINY, "clip_len": 1, "frames": 24}
+    pre = pretrain(cache, tmp_path / "pre", cfg, epochs=12, targets=8, log=quiet)
+    hist = read_csv(pre / "history.csv")
+    assert float(hist[-1]["loss"]) < 0.9 * float(hist[0]["loss"])  # it learns to say what is when
+    run = temporal.train(cache, labels, tmp_path / "run", cfg, epochs=1, init=str(pre), log=quiet)
+    from safetensors.torch import load_file
+
+    before, after = load_file(str(pre / "model.safetensors")), load_file(str(run / "model.safetensors"))
+    assert set(before) < set(after)  # the head is new
+    with pytest.raises(temporal.ConfigError, match="another architecture: dim=32"):
+        temporal.train(cache, labels, tmp_path / "bad", {**cfg, "dim": 64}, epochs=1, init=str(pre), log=quiet)
+
+
+def test_full_length_evaluation_warns_when_training_saw_fewer_frames(tmp_path):
+    cache, labels = class_task(tmp_path, videos=12, classes=2, frames=30)
+    lines = []
+    run = temporal.train(cache, labels, tmp_path / "run", TINY, epochs=1, log=quiet)  # frames=16 < 30
+    temporal.evaluate(run, "test", eval_mode="full", log=lines.append)
+    assert any("warning: eval_mode full: 4 video(s) are longer than the 16 frames" in s for s in lines)
+    lines.clear()
+    run = temporal.train(cache, labels, tmp_path / "all", TINY, epochs=1, frames=30, log=quiet)
+    temporal.evaluate(run, "test", eval_mode="full", log=lines.append)
+    assert not any("warning" in s for s in lines)

@@ -1,0 +1,140 @@
+"""Learning levers, measured: every (task, variant, seed, train fraction) trained and scored on test.
+
+    python bench/learn.py --cache cache_eb --labels data/eventbench/labels --tasks order,count,where,content \\
+        --variant defaults: --variant 'full:frames=128' --variant 'pre:frames=128,pretrain_epochs=100' \\
+        --seeds 0,1,2 --fractions 0.25,1.0 --out runs/learn --jobs 2
+
+A variant is NAME:KEY=VALUE,... over `temporal.Config()` (the CLI defaults); `base=NAME` starts from
+another variant, `pretrain_epochs=N` pre-trains on the cache first (once per architecture and seed,
+without the test split's videos), `linear` names the mean-pool linear probe. Results are appended
+to OUT/results.jsonl (finished ones are skipped on a re-run); the last line printed is a JSON
+summary: mean and std over seeds of each task's main test metric (accuracy, or r2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+MAIN = {"single": "accuracy", "regression": "r2", "multi": "map"}
+
+
+def parse_variant(text: str, known: dict[str, dict]) -> tuple[str, dict]:
+    name, _, rest = text.partition(":")
+    over: dict = {}
+    for item in filter(None, rest.split(",")):
+        k, _, v = item.partition("=")
+        try:
+            over[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            over[k.strip()] = v
+    if "base" in over:
+        over = {**known[over.pop("base")], **over}
+    return name, over
+
+
+def _quiet(*_a, **_k) -> None:
+    pass
+
+
+def run_one(job: dict) -> dict:
+    import torch
+
+    import temporal
+    from temporal.labels import read_labels
+    from temporal.pretrain import ARCHITECTURE, pretrain
+
+    torch.set_num_threads(1)
+    over = dict(job["overrides"])
+    labels = Path(job["labels"]) / f"{job['task']}.csv"
+    out = Path(job["out"]) / "runs" / job["task"] / job["variant"] / f"s{job['seed']}_f{job['fraction']:g}"
+    cfg = temporal.Config.from_dict({k: v for k, v in over.items() if k not in ("pretrain_epochs", "linear")})
+    cfg = cfg.replace(seed=job["seed"], train_fraction=job["fraction"])
+    res = {k: job[k] for k in ("task", "variant", "seed", "fraction")}
+    if over.get("linear"):
+        r = temporal.baseline(job["cache"], labels, out, cfg, mlp=False, log=_quiet)["linear"]
+        return {**res, "test": r["test"], "val": r.get("val")}
+    if over.get("pretrain_epochs"):
+        arch = {k: getattr(cfg, k) for k in (*ARCHITECTURE, "frames", "lr", "batch_size", "aug_noise",
+                                              "aug_drop", "dropout", "weight_decay", "seed")}
+        arch["epochs"] = over["pretrain_epochs"]
+        key = hashlib.sha1(json.dumps(arch, sort_keys=True).encode()).hexdigest()[:10]
+        pre = Path(job["out"]) / "pretrain" / key
+        if not (pre / "model.safetensors").exists():
+            lab = read_labels(labels)
+            held = {lab.ids[i] for i in lab.rows("test")}
+            pretrain(job["cache"], pre, cfg.replace(epochs=over["pretrain_epochs"]), exclude=held, log=_quiet)
+        cfg = cfg.replace(init=str(pre))
+    run = temporal.train(job["cache"], labels, out, cfg, log=_quiet)
+    summary = json.loads((run / "summary.json").read_text())
+    test = temporal.evaluate(run, "test", log=_quiet)
+    return {**res, "test": test, "val": summary.get("val"), "best_epoch": summary["best_epoch"],
+            "epochs_run": summary["epochs_run"], "train_seconds": summary["train_seconds"]}
+
+
+def summarise(results: list[dict], tasks: dict[str, str]) -> dict:
+    table: dict = {}
+    for r in results:
+        metric = MAIN[tasks[r["task"]]]
+        v = r["test"].get(metric)
+        table.setdefault(r["task"], {}).setdefault(r["variant"], {}).setdefault(f"{r['fraction']:g}", []).append(
+            np.nan if v is None else v)
+    return {t: {v: {f: {"mean": round(float(np.nanmean(x)), 4), "std": round(float(np.nanstd(x)), 4), "n": len(x)}
+                    for f, x in fr.items()} for v, fr in vs.items()} for t, vs in table.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cache", required=True)
+    ap.add_argument("--labels", required=True, help="folder of TASK.csv label files")
+    ap.add_argument("--tasks", default="order,count,where,content")
+    ap.add_argument("--variant", action="append", default=[], help="NAME:KEY=VALUE,... (repeatable)")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--fractions", default="1.0")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--jobs", type=int, default=1)
+    a = ap.parse_args(argv)
+
+    from temporal.labels import read_labels
+
+    known: dict[str, dict] = {}
+    for text in a.variant or ["defaults:"]:
+        name, over = parse_variant(text, known)
+        known[name] = over
+    tasks = {t: read_labels(Path(a.labels) / f"{t}.csv").task for t in a.tasks.split(",")}
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.jsonl"
+    done = [json.loads(line) for line in path.open()] if path.exists() else []
+    have = {(r["task"], r["variant"], r["seed"], r["fraction"]) for r in done}
+    jobs = [{"cache": a.cache, "labels": a.labels, "out": str(out), "task": t, "variant": v, "overrides": o,
+             "seed": int(s), "fraction": float(f)}
+            for f in a.fractions.split(",") for s in a.seeds.split(",") for v, o in known.items() for t in tasks
+            if (t, v, int(s), float(f)) not in have]
+    print(f"{len(jobs)} runs to do, {len(have)} already done", file=sys.stderr)
+    with ProcessPoolExecutor(max_workers=a.jobs) as pool:
+        for res in pool.map(run_one, jobs):
+            done.append(res)
+            with path.open("a") as fh:
+                fh.write(json.dumps(res) + "\n")
+            metric = MAIN[tasks[res["task"]]]
+            print(f"{res['task']:8s} {res['variant']:14s} seed {res['seed']} frac {res['fraction']:g}: "
+                  f"{metric} {res['test'].get(metric)}", file=sys.stderr, flush=True)
+    wanted = {(t, v) for t in tasks for v in known}
+    print(json.dumps(summarise([r for r in done if (r["task"], r["variant"]) in wanted], tasks)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""Self-supervised pre-training of STAN on the unlabelled cache: timeline reconstruction.
+
+A video goes through STAN up to its representation z (what the classification head reads). A small
+decoder then has to say, from z and a time t alone, what the frame at t looked like: its features
+projected on the cache's leading principal components (whitened). To answer for every t, z must
+hold *what happens when* in the whole video, which is what order, count and position labels ask
+about, and no label is needed. Fine-tuning (`train` with `init=RUN`) starts from these weights.
+
+A pre-training run directory holds config.json (kind "pretrain"), model.safetensors (STAN without
+its head) and history.csv.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm import tqdm
+
+import storage
+from temporal.config import Config, ConfigError, as_config
+from temporal.data import Videos
+from temporal.model import build_model, sinusoid
+from temporal.train import (
+    RunError,
+    _write_history,
+    _write_json,
+    augment,
+    feature_std,
+    lr_at,
+    optimizer_step,
+    param_groups,
+    pick_device,
+    train_batch,
+)
+
+PRETRAIN_FORMAT = 1
+# the options that shape the weights: a fine-tuning run must agree on all of them
+ARCHITECTURE = ("model", "streams", "fusion", "dim", "heads", "depth_spatial", "depth_temporal",
+                "depth_fusion", "clip_len", "mlp_ratio", "time_encoding")
+
+
+class Decoder(nn.Module):
+    """(z [B, E], t [B, T] seconds) -> the frames' target features [B, T, P]."""
+
+    def __init__(self, embed_dim: int, out_dim: int, hidden: int = 256, time_dim: int = 64):
+        super().__init__()
+        self.time_dim = time_dim
+        self.mlp = nn.Sequential(nn.Linear(embed_dim + time_dim, hidden), nn.GELU(),
+                                 nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
+
+    def forward(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        q = sinusoid(t, self.time_dim, min_period=1.0)
+        return self.mlp(torch.cat([z[:, None].expand(-1, t.shape[1], -1), q], dim=-1))
+
+
+def fit_targets(videos: Videos, dims: int, rng: np.random.Generator, max_frames: int = 20000
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(mean [D], projection [D, P]): whitened principal components of the videos' frames."""
+    counts = videos.lengths
+    picks = rng.choice(int(counts.sum()), size=min(max_frames, int(counts.sum())), replace=False)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    v = np.searchsorted(starts, picks, side="right") - 1
+    X = np.stack([videos.feats[i][p - starts[i]] for i, p in zip(v, picks, strict=True)]).astype(np.float64)
+    mean = X.mean(0)
+    _, s, vt = np.linalg.svd(X - mean, full_matrices=False)
+    dims = min(dims, len(s))
+    scale = s[:dims] / math.sqrt(max(1, len(X) - 1))
+    return mean.astype(np.float32), (vt[:dims].T / np.maximum(scale, 1e-6)).astype(np.float32)
+
+
+def pretrain(cache_dir: str | os.PathLike, out_dir: str | os.PathLike, config: Config | dict | None = None,
+             exclude: set[str] | frozenset[str] = frozenset(), targets: int = 64, log=print,
+             **overrides) -> Path:
+    """Pre-train STAN's streams on every video of the cache not in `exclude` (no labels read).
+
+    Uses the architecture and optimisation options of `config` (epochs, lr, batch_size, frames,
+    augmentation, seed); writes the run to `out_dir` and returns it.
+    """
+    cfg = as_config(config, **overrides)
+    if cfg.model != "stan":
+        raise ConfigError("pre-training trains STAN's streams: model must be 'stan'")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    cache = storage.open_cache(cache_dir)
+    ids = [v for v in cache.video_ids if v not in exclude and cache.num_frames(v) > 0]
+    if not ids:
+        raise RunError(f"{cache_dir}: no video left to pre-train on")
+    videos = Videos(cache, ids)
+    mean, proj = fit_targets(videos, targets, rng)
+    mean_t, proj_t = torch.from_numpy(mean).to(device), torch.from_numpy(proj).to(device)
+    std = torch.from_numpy(feature_std(videos, rng)).to(device)
+
+    model = build_model(cfg, videos.dim, 1).to(device)
+    decoder = Decoder(model.embed_dim, proj.shape[1]).to(device)
+    params = nn.ModuleList([model, decoder])
+    opt = torch.optim.AdamW(param_groups(params, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
+    rows = np.arange(len(ids))
+    steps_per_epoch = math.ceil(len(rows) / cfg.batch_size)
+    total, warm = cfg.epochs * steps_per_epoch, round(cfg.warmup * steps_per_epoch)
+    log(f"pre-training on {len(ids)} unlabelled videos ({int(videos.lengths.sum())} frames), "
+        f"{proj.shape[1]} target dims, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params "
+        f"on {device}")
+    history, step, t0 = [], 0, time.time()
+    bar = tqdm(range(1, cfg.epochs + 1), desc="pretrain", unit="ep", dynamic_ncols=True)
+    for epoch in bar:
+        params.train()
+        loss_sum, seen = 0.0, 0
+        perm = rng.permutation(rows)
+        for b in range(0, len(perm), cfg.batch_size):
+            sel = perm[b:b + cfg.batch_size]
+            x, t, m = train_batch(videos, sel, cfg, rng, device)
+            target = (x - mean_t) @ proj_t  # what the clean frames were, dropped ones included
+            xa, ma = augment(x, m, cfg, std, rng)
+            pred = decoder(model.embed(xa, t, ma), t)
+            loss = _masked_mean(F.mse_loss(pred, target, reduction="none").mean(-1), m)
+            optimizer_step(opt, params, loss, lr_at(step, total, warm, cfg.lr), cfg.grad_clip)
+            loss_sum += loss.item() * len(sel)
+            seen += len(sel)
+            step += 1
+        history.append({"epoch": epoch, "loss": loss_sum / seen, "lr": opt.param_groups[0]["lr"],
+                        "seconds": round(time.time() - t0, 3)})
+        _write_history(out / "history.csv", history)
+        bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
+    bar.close()
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+             if not k.startswith("heads.")}
+    save_file(state, str(out / "model.safetensors"))
+    _write_json(out / "config.json", {
+        "format": PRETRAIN_FORMAT, "kind": "pretrain", "in_dim": videos.dim, "videos": len(ids),
+        "targets": int(proj.shape[1]), "fingerprint": cache.fingerprint, "cache": str(cache_dir),
+        "config": cfg.to_dict(), "final_loss": history[-1]["loss"],
+        "train_seconds": round(time.time() - t0, 2)})
+    log(f"pre-trained {len(history)} epochs on {len(ids)} videos: reconstruction loss "
+        f"{history[0]['loss']:.4f} -> {history[-1]['loss']:.4f} (1.0 = predicting the mean), "
+        f"{time.time() - t0:.1f} s -> {out}")
+    return out
+
+
+def _masked_mean(err: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.to(err.dtype)
+    return (err * m).sum() / m.sum().clamp(min=1)
+
+
+def load_pretrained(model: nn.Module, run_dir: str | os.PathLike, cfg: Config, in_dim: int,
+                    fingerprint: dict | None = None) -> str:
+    """Load a pre-training run's weights into `model` (everything but the head); returns a note."""
+    import json
+
+    run = Path(run_dir)
+    try:
+        meta = json.loads((run / "config.json").read_text())
+    except FileNotFoundError:
+        raise RunError(f"init {run}: not a pre-training run (no config.json)") from None
+    if meta.get("kind") != "pretrain" or meta.get("format") != PRETRAIN_FORMAT:
+        raise RunError(f"init {run}: not a pre-training run of this version ({meta.get('kind')!r})")
+    theirs = meta["config"]
+    differ = [f"{k}={theirs.get(k)!r} (here {getattr(cfg, k)!r})" for k in ARCHITECTURE
+              if theirs.get(k) != getattr(cfg, k)]
+    if differ:
+        raise ConfigError(f"init {run} was pre-trained with another architecture: " + ", ".join(differ))
+    if meta["in_dim"] != in_dim or (fingerprint is not None and meta["fingerprint"] != fingerprint):
+        raise RunError(f"init {run} was pre-trained on features of another backbone or preprocessing")
+    state = load_file(str(run / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("heads.") for k in missing):
+        raise RunError(f"init {run}: weights do not fit the model ({missing[:3]}, {unexpected[:3]})")
+    return f"initialised from {run} (pre-trained on {meta['videos']} videos)"
