@@ -41,6 +41,7 @@ class Config:
     mlp_ratio: float = 4.0
     dropout: float = 0.1
     time_encoding: str = "timestamp"  # timestamp (seconds) | index (frame position) | none
+    pca_dims: int = 0  # >0: STAN reads the frames' leading principal components (whitened), 0: raw features
     # --- data ---
     task: str = "auto"  # auto | single | multi | regression
     frames: int = 64  # frames sampled per video per training step
@@ -84,7 +85,7 @@ class Config:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"temporal option {name} must be > 0, got {getattr(self, name)}")
         for name in ("depth_spatial", "depth_temporal", "depth_fusion", "weight_decay", "warmup",
-                     "grad_clip", "patience", "mlp_ratio"):
+                     "grad_clip", "patience", "mlp_ratio", "pca_dims"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"temporal option {name} must be >= 0, got {getattr(self, name)}")
         if self.dim % self.heads:

@@ -121,3 +121,22 @@ def collate(videos: Videos, clips: list[Clip], device: torch.device | str = "cpu
     # move float16 and convert on the device: half the bytes over the bus
     xt = torch.from_numpy(x).to(device, non_blocking=non_blocking).float()
     return xt, torch.from_numpy(t).to(device), torch.from_numpy(mask).to(device)
+
+
+def principal_components(videos: Videos, rows, dims: int, rng: np.random.Generator, max_frames: int = 20000
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """(mean [D], projection [D, P]) onto the `dims` leading principal components of the frames of
+    videos `rows` (a sample of at most `max_frames`), whitened: each output has unit variance."""
+    rows = np.asarray(list(rows))
+    counts = videos.lengths[rows]
+    total = int(counts.sum())
+    picks = np.sort(rng.choice(total, size=min(max_frames, total), replace=False))
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    which = np.searchsorted(starts, picks, side="right") - 1
+    X = np.stack([videos.feats[rows[w]][p - starts[w]] for w, p in zip(which, picks, strict=True)])
+    X = X.astype(np.float64)
+    mean = X.mean(0)
+    _, s, vt = np.linalg.svd(X - mean, full_matrices=False)
+    dims = min(dims, len(s))
+    scale = np.maximum(s[:dims] / np.sqrt(max(1, len(X) - 1)), 1e-6)
+    return mean.astype(np.float32), (vt[:dims].T / scale).astype(np.float32)

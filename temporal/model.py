@@ -1,6 +1,6 @@
 """STAN: a spatial and a temporal transformer stream over cached frame embeddings, fused.
 
-    x [B,T,D], t [B,T], mask [B,T]
+    x [B,T,D], t [B,T], mask [B,T]       (x → its pca_dims whitened principal components, if set)
       ├─ spatial : Linear(D→d)+LN per frame, +time(t), [CLS], L_s blocks          → S [B,1+T,d]
       └─ temporal: [x_i, x_i−x_{i−1}] → Conv1d(2D→d, k, stride k)+LN, +time(clip t),
                    [CLS], L_t blocks                                               → U [B,1+T/k,d]
@@ -169,11 +169,32 @@ def head(in_dim: int, hidden: int, out: int, dropout: float) -> nn.Sequential:
                          nn.Linear(hidden, out))
 
 
+class InputProjection(nn.Module):
+    """Frame features -> their leading principal components, whitened: a fixed map fitted on the
+    training frames (`fit`), stored with the weights. With little labelled data the streams then
+    learn from `pca_dims` inputs instead of a backbone's 768-1280, and their first layers cost
+    that much less."""
+
+    def __init__(self, in_dim: int, dims: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(in_dim))
+        self.register_buffer("proj", torch.zeros(in_dim, dims))
+
+    def fit(self, mean: torch.Tensor, proj: torch.Tensor) -> None:
+        self.mean.copy_(mean)
+        self.proj.copy_(proj[:, : self.proj.shape[1]])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) @ self.proj
+
+
 class STAN(nn.Module):
     def __init__(self, cfg: Config, in_dim: int, out_dim: int):
         super().__init__()
         self.cfg = cfg
         use_s, use_t = cfg.streams in ("both", "spatial"), cfg.streams in ("both", "temporal")
+        self.project = InputProjection(in_dim, cfg.pca_dims) if cfg.pca_dims else None
+        in_dim = cfg.pca_dims or in_dim
         self.spatial = SpatialStream(cfg, in_dim) if use_s else None
         self.temporal = TemporalStream(cfg, in_dim) if use_t else None
         both = use_s and use_t
@@ -202,6 +223,8 @@ class STAN(nn.Module):
 
     def embed(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The video's representation [B, embed_dim], what the head reads (and pre-training trains)."""
+        if self.project is not None:
+            x = self.project(x)  # padding stays padding: the streams zero it again
         if self.fusion == "single":
             stream = self.spatial if self.spatial is not None else self.temporal
             return stream(x, t, mask)[0][:, 0]

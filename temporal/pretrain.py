@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 import storage
 from temporal.config import Config, ConfigError, as_config
-from temporal.data import Videos
+from temporal.data import Videos, principal_components
 from temporal.model import build_model, sinusoid
 from temporal.train import (
     RunError,
@@ -44,7 +44,7 @@ from temporal.train import (
 PRETRAIN_FORMAT = 1
 # the options that shape the weights: a fine-tuning run must agree on all of them
 ARCHITECTURE = ("model", "streams", "fusion", "dim", "heads", "depth_spatial", "depth_temporal",
-                "depth_fusion", "clip_len", "mlp_ratio", "time_encoding")
+                "depth_fusion", "clip_len", "mlp_ratio", "time_encoding", "pca_dims")
 
 
 class Decoder(nn.Module):
@@ -59,21 +59,6 @@ class Decoder(nn.Module):
     def forward(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         q = sinusoid(t, self.time_dim, min_period=1.0)
         return self.mlp(torch.cat([z[:, None].expand(-1, t.shape[1], -1), q], dim=-1))
-
-
-def fit_targets(videos: Videos, dims: int, rng: np.random.Generator, max_frames: int = 20000
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """(mean [D], projection [D, P]): whitened principal components of the videos' frames."""
-    counts = videos.lengths
-    picks = rng.choice(int(counts.sum()), size=min(max_frames, int(counts.sum())), replace=False)
-    starts = np.concatenate([[0], np.cumsum(counts)])
-    v = np.searchsorted(starts, picks, side="right") - 1
-    X = np.stack([videos.feats[i][p - starts[i]] for i, p in zip(v, picks, strict=True)]).astype(np.float64)
-    mean = X.mean(0)
-    _, s, vt = np.linalg.svd(X - mean, full_matrices=False)
-    dims = min(dims, len(s))
-    scale = s[:dims] / math.sqrt(max(1, len(X) - 1))
-    return mean.astype(np.float32), (vt[:dims].T / np.maximum(scale, 1e-6)).astype(np.float32)
 
 
 def pretrain(cache_dir: str | os.PathLike, out_dir: str | os.PathLike, config: Config | dict | None = None,
@@ -97,19 +82,22 @@ def pretrain(cache_dir: str | os.PathLike, out_dir: str | os.PathLike, config: C
     if not ids:
         raise RunError(f"{cache_dir}: no video left to pre-train on")
     videos = Videos(cache, ids)
-    mean, proj = fit_targets(videos, targets, rng)
-    mean_t, proj_t = torch.from_numpy(mean).to(device), torch.from_numpy(proj).to(device)
+    mean, proj = (torch.from_numpy(a) for a in
+                  principal_components(videos, range(len(ids)), max(targets, cfg.pca_dims), rng))
     std = torch.from_numpy(feature_std(videos, rng)).to(device)
-
-    model = build_model(cfg, videos.dim, 1).to(device)
-    decoder = Decoder(model.embed_dim, proj.shape[1]).to(device)
+    model = build_model(cfg, videos.dim, 1)
+    if model.project is not None:
+        model.project.fit(mean, proj)
+    model = model.to(device)
+    mean_t, proj_t = mean.to(device), proj[:, :targets].to(device)
+    decoder = Decoder(model.embed_dim, proj_t.shape[1]).to(device)
     params = nn.ModuleList([model, decoder])
     opt = torch.optim.AdamW(param_groups(params, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
     rows = np.arange(len(ids))
     steps_per_epoch = math.ceil(len(rows) / cfg.batch_size)
     total, warm = cfg.epochs * steps_per_epoch, round(cfg.warmup * steps_per_epoch)
     log(f"pre-training on {len(ids)} unlabelled videos ({int(videos.lengths.sum())} frames), "
-        f"{proj.shape[1]} target dims, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params "
+        f"{proj_t.shape[1]} target dims, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params "
         f"on {device}")
     history, step, t0 = [], 0, time.time()
     bar = tqdm(range(1, cfg.epochs + 1), desc="pretrain", unit="ep", dynamic_ncols=True)
@@ -138,7 +126,7 @@ def pretrain(cache_dir: str | os.PathLike, out_dir: str | os.PathLike, config: C
     save_file(state, str(out / "model.safetensors"))
     _write_json(out / "config.json", {
         "format": PRETRAIN_FORMAT, "kind": "pretrain", "in_dim": videos.dim, "videos": len(ids),
-        "targets": int(proj.shape[1]), "fingerprint": cache.fingerprint, "cache": str(cache_dir),
+        "targets": int(proj_t.shape[1]), "fingerprint": cache.fingerprint, "cache": str(cache_dir),
         "config": cfg.to_dict(), "final_loss": history[-1]["loss"],
         "train_seconds": round(time.time() - t0, 2)})
     log(f"pre-trained {len(history)} epochs on {len(ids)} videos: reconstruction loss "

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 import storage
 from temporal.config import Config, ConfigError, as_config
-from temporal.data import Clip, Videos, collate, eval_batches, eval_clips, sample_frames
+from temporal.data import Clip, Videos, collate, eval_batches, eval_clips, principal_components, sample_frames
 from temporal.labels import LabelError, Labels, check_classes, match_cache, read_labels, train_subset
 from temporal.metrics import METRICS, better, clean, compute_metrics, scores_loss
 from temporal.model import build_model
@@ -171,7 +171,8 @@ def augment(x: torch.Tensor, mask: torch.Tensor, cfg: Config, std: torch.Tensor,
     """Feature-space augmentation: Gaussian noise (`aug_noise` x each feature's std) and frames
     dropped at random (`aug_drop`, by masking: every video keeps at least its first frame)."""
     if cfg.aug_noise > 0:
-        x = x + cfg.aug_noise * std * torch.randn(x.shape, generator=_torch_rng(rng), device="cpu").to(x.device)
+        noise = torch.randn(x.shape, generator=_torch_rng(rng)).to(x.device)
+        x = x + cfg.aug_noise * std * noise
     if cfg.aug_drop > 0:
         keep = torch.from_numpy(rng.random(tuple(mask.shape)) >= cfg.aug_drop).to(mask.device)
         keep[:, 0] = True
@@ -283,7 +284,10 @@ def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: 
     y_all = targets_tensor(data, range(len(data.labels)), meta["target_mean"], meta["target_std"])
 
     model = build_model(cfg, meta["in_dim"], meta["out_dim"])
-    if cfg.init:
+    if getattr(model, "project", None) is not None:  # fitted on the training frames (no labels read)
+        model.project.fit(*(torch.from_numpy(a) for a in principal_components(
+            data.videos, data.train, cfg.pca_dims, np.random.default_rng(cfg.seed))))
+    if cfg.init:  # pre-trained weights, their input projection included
         from temporal.pretrain import load_pretrained
 
         log(f"note: {load_pretrained(model, cfg.init, cfg, meta['in_dim'], data.fingerprint)}")

@@ -99,7 +99,7 @@ def test_uniform_sampling_never_repeats_a_frame(length):
     rng = np.random.default_rng(0)
     for _ in range(200):
         idx = sample_frames(length, 64, "uniform", rng)
-        assert len(idx) == 64 and np.all(np.diff(idx) > 0) and 0 <= idx[0] and idx[-1] < length
+        assert len(idx) == 64 and np.all(np.diff(idx) > 0) and idx[0] >= 0 and idx[-1] < length
     for v in view_frames(length, 64, "uniform", 4):
         assert len(v) == 64 and np.all(np.diff(v) > 0) and v[-1] < length
 
