@@ -235,3 +235,28 @@ def make_eventbench(out_dir: str | Path, cfg: EventBenchConfig, progress: bool =
             w.writerow(["video_id", "label", "split"])
             w.writerows((vid, lab[task], split) for vid, lab, split in rows if split != "unlabelled")
     return paths
+
+
+def write_feature_cache(root: str | Path, cfg: EventBenchConfig, dim: int = 16, noise: float = 0.3
+                        ) -> tuple[Path, dict[str, Path]]:
+    """The benchmark without videos or a backbone, for tests: each source is a random direction,
+    each 1-s frame that direction plus noise. Same plans, splits and label files as the videos.
+    Returns (cache dir, {task: labels csv})."""
+    from temporal.synth import write_cache, write_labels
+
+    rng = np.random.default_rng([cfg.seed, 1 << 20])
+    sources = sorted({s for ph in SCENES.values() for s in ph} | {*ORDER_EVENTS, COUNT_EVENT, WHERE_EVENT})
+    sig = dict(zip(sources, rng.standard_normal((len(sources), dim)) * 2, strict=True))
+    videos, rows = [], []
+    for g in range(cfg.groups):
+        for v, (shots, labels) in enumerate(plan_group(g, cfg)):
+            x = np.concatenate([np.repeat(sig[s.source][None], s.seconds, 0) for s in shots])
+            x = x + noise * rng.standard_normal(x.shape)
+            vid = f"g{g:03d}_v{v}.mp4"
+            videos.append((vid, x.astype(np.float16), np.arange(len(x), dtype=np.float32)))
+            rows.append((vid, labels, split_of(g)))
+    root = Path(root)
+    cache = write_cache(root / "cache", videos, dim)
+    paths = {t: write_labels(root / f"{t}.csv", [(v, lab[t], s) for v, lab, s in rows if s != "unlabelled"])
+             for t in TASKS}
+    return cache, paths

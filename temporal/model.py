@@ -216,6 +216,19 @@ class STAN(nn.Module):
         for enc in (s.encoder for s in (self.spatial, self.temporal) if s is not None):
             nn.init.normal_(enc.cls, std=0.02)
 
+    def readout(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """A stream's summary [B, d]: its CLS token, or the mean of its frame tokens (`pool: mean`).
+
+        After a block's MLP each frame token is a nonlinear function of (content, time), so their
+        mean already differs between two videos holding the same frames in another order; a CLS
+        token only sees that through attention weights, which start uniform, and with little data
+        training can sit on that plateau (the order and position tasks of the events benchmark).
+        """
+        if self.cfg.pool == "cls":
+            return tokens[:, 0]
+        m = mask[:, 1:, None].to(tokens.dtype)
+        return (tokens[:, 1:] * m).sum(1) / m.sum(1).clamp(min=1)
+
     @property
     def embed_dim(self) -> int:
         """Width of `embed`'s output: both CLS tokens side by side, except for sum and one stream."""
@@ -227,12 +240,12 @@ class STAN(nn.Module):
             x = self.project(x)  # padding stays padding: the streams zero it again
         if self.fusion == "single":
             stream = self.spatial if self.spatial is not None else self.temporal
-            return stream(x, t, mask)[0][:, 0]
+            return self.readout(*stream(x, t, mask))
         s, sm = self.spatial(x, t, mask)
         u, um = self.temporal(x, t, mask)
         for to_u, to_s in self.cross:  # bidirectional: both directions read the previous layer
             s, u = to_u(s, sm, u, um), to_s(u, um, s, sm)
-        cs, cu = s[:, 0], u[:, 0]
+        cs, cu = self.readout(s, sm), self.readout(u, um)
         return cs + cu if self.fusion == "sum" else torch.cat([cs, cu], dim=-1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

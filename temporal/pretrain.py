@@ -44,7 +44,7 @@ from temporal.train import (
 PRETRAIN_FORMAT = 1
 # the options that shape the weights: a fine-tuning run must agree on all of them
 ARCHITECTURE = ("model", "streams", "fusion", "dim", "heads", "depth_spatial", "depth_temporal",
-                "depth_fusion", "clip_len", "mlp_ratio", "time_encoding", "pca_dims")
+                "depth_fusion", "clip_len", "mlp_ratio", "time_encoding", "pool", "pca_dims")
 
 
 class Decoder(nn.Module):
