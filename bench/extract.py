@@ -38,7 +38,7 @@ import torch
 from extract import ExtractConfig, run
 from extract.backbone import load_backbone
 from extract.decode import decode_video
-from extract.engine import find_videos
+from extract.discover import find_videos
 from pipeline.synth import write_video
 
 

@@ -16,8 +16,12 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    if name in ("Summary", "find_videos", "run"):
+    if name in ("Summary", "run"):
         from extract import engine
 
         return getattr(engine, name)
+    if name == "find_videos":
+        from extract.discover import find_videos
+
+        return find_videos
     raise AttributeError(f"module 'extract' has no attribute {name!r}")
