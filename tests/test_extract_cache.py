@@ -15,22 +15,13 @@ import torch
 import storage
 from extract import ExtractConfig, ExtractError, run
 from extract.backbone import build_model, load_backbone, state_digest
-from pipeline.synth import index_frames, write_video
-from tests.conftest import REPO, run_module
+from extract.synth import write_video
+from tests.testing import REPO, TINY_CLI, assert_same, index_frames, run_module, tiny
 
-# a random-init ViT-Tiny cut to 2 blocks on 32x32 inputs: real timm code, fast to build and run
-TINY = dict(model="vit_tiny_patch16_224", model_kwargs={"img_size": 32, "depth": 2}, pretrained=False,
-            batch_size=8, progress=False, videos_per_shard=2)
-TINY_CLI = ["--model", "vit_tiny_patch16_224", "--model-kwargs", json.dumps(TINY["model_kwargs"]),
-            "--no-pretrained", "--batch-size", "8", "--videos-per-shard", "2", "--no-progress"]
 VIDEOS = {  # id -> (frames, fps)
     "a.mp4": (50, 25), "b.mp4": (40, 10), "sub/c.mp4": (60, 30), "sub/deeper/d.mkv": (30, 15),
     "sub2/c.mp4": (24, 12),  # same file name as sub/c.mp4 in another folder: a distinct id
 }
-
-
-def tiny(**kw) -> ExtractConfig:
-    return ExtractConfig(**{**TINY, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -49,23 +40,6 @@ def reference(videos, tmp_path_factory) -> Path:
     s = run(tiny(), videos, out)
     assert s.ok and s.done == len(VIDEOS) and s.skipped == 0, s
     return out
-
-
-def content(cache: Path) -> dict:
-    c = storage.open_cache(cache)
-    return {v: (c.features(v), c.timestamps(v)) for v in c.video_ids}
-
-
-def assert_same(a: Path, b: Path, exact: bool = True) -> None:
-    ca, cb = content(a), content(b)
-    assert sorted(ca) == sorted(cb)
-    for v in ca:
-        np.testing.assert_array_equal(ca[v][1], cb[v][1])
-        if exact:
-            np.testing.assert_array_equal(ca[v][0], cb[v][0], err_msg=v)
-        else:
-            np.testing.assert_allclose(ca[v][0].astype(np.float32), cb[v][0].astype(np.float32),
-                                       rtol=2e-3, atol=2e-3, err_msg=v)
 
 
 def test_cache_has_every_video_with_fps_timestamps(reference):

@@ -7,28 +7,10 @@ from PIL import Image
 
 from extract.decode import DecodeError, Preprocessor, decode_video, geometry, timestamp_problem
 from extract.sampling import select, uniform
-from pipeline.synth import write_video
+from tests.testing import which_frames
 
 # a geometry that keeps a flat frame flat: its mean brightness still tells which frame it is
 FLAT = {"mode": "short_side", "size": 32, "crop": (32, 32), "interp": "bilinear"}
-
-
-def coded_frames(n, size=(64, 96)):
-    """Flat frames whose red and green levels spell the frame index (15 levels apart: codec-proof)."""
-    for i in range(n):
-        f = np.full((*size, 3), 128, dtype=np.uint8)
-        f[..., 0], f[..., 1] = (i % 16) * 15 + 10, (i // 16 % 16) * 15 + 10
-        yield f
-
-
-@pytest.fixture
-def make_video(tmp_path):
-    def make(name="v.mp4", frames=50, fps=25, size=(64, 96)):
-        path = tmp_path / name
-        write_video(path, coded_frames(frames, size), fps=fps)
-        return path
-
-    return make
 
 
 def decoded(path, policy, backend="auto"):
@@ -40,15 +22,6 @@ def decoded(path, policy, backend="auto"):
         else:
             info.update(ev[1])
     return np.concatenate(ts), np.concatenate(pix), info
-
-
-def which_frames(pix: np.ndarray) -> list[int]:
-    """Recover frame indices from the red and green levels of coded_frames."""
-    r = pix[..., 0].reshape(len(pix), -1).mean(1)
-    g = pix[..., 1].reshape(len(pix), -1).mean(1)
-    lo, hi = np.rint((r - 10) / 15), np.rint((g - 10) / 15)
-    assert np.all(np.abs(lo * 15 + 10 - r) < 5) and np.all(np.abs(hi * 15 + 10 - g) < 5)
-    return (hi * 16 + lo).astype(int).tolist()
 
 
 def test_select_policies():

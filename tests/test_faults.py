@@ -18,9 +18,8 @@ import torch
 import storage
 from extract import ExtractError, run
 from extract.backbone import load_backbone
-from tests import hostile
-from tests.conftest import REPO, run_module
-from tests.test_extract_cache import TINY_CLI, assert_same, tiny
+from tests import testing
+from tests.testing import REPO, TINY_CLI, assert_same, run_module, tiny
 
 N_VIDEOS = 4
 
@@ -29,7 +28,7 @@ N_VIDEOS = 4
 def vids(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("fvideos")
     for i in range(N_VIDEOS):
-        hostile.good(root / f"v{i}.mp4", n=20 + 5 * i, fps=10, seed=i)
+        testing.good(root / f"v{i}.mp4", n=20 + 5 * i, fps=10, seed=i)
     return root
 
 
@@ -89,7 +88,7 @@ def test_sigkill_at_every_commit_stage_then_resume(vids, ref, tmp_path, fmt):
 
 def test_hostile_inputs_fail_alone_with_reasons(tmp_path):
     root = tmp_path / "videos"
-    ok, bad = hostile.make_all(root)
+    ok, bad = testing.make_all(root)
     out = tmp_path / "cache"
     proc = run_module("extract", "--videos", root, "--out", out, *TINY_CLI, "--videos-per-shard", "4",
                       check=False, timeout=300)
@@ -124,10 +123,10 @@ def test_hostile_inputs_fail_alone_with_reasons(tmp_path):
 
 def test_damaged_frames_are_contained_and_reported(tmp_path):
     root = tmp_path / "videos"
-    src = hostile.good(root / "good.mp4", n=60)
+    src = testing.good(root / "good.mp4", n=60)
     for s in range(3):
-        hostile.damaged(root / f"damaged{s}.mp4", src, seed=s)
-    hostile.good(root / "z-after.mp4", n=20, seed=5)
+        testing.damaged(root / f"damaged{s}.mp4", src, seed=s)
+    testing.good(root / "z-after.mp4", n=20, seed=5)
     out = tmp_path / "cache"
     proc = run_module("extract", "--videos", root, "--out", out, *TINY_CLI, "--every", "1",
                       check=False, timeout=300)
@@ -150,7 +149,7 @@ def test_decoder_that_undercounts_frames_falls_back_to_pyav(tmp_path, monkeypatc
 
     from extract.decode import decode_video
 
-    path = hostile.good(tmp_path / "v.mp4", n=40, fps=10)
+    path = testing.good(tmp_path / "v.mp4", n=40, fps=10)
     real = decord.VideoReader
 
     class Liar(real):
@@ -178,8 +177,8 @@ def test_unreadable_file_is_reported(tmp_path, monkeypatch):
     from extract.decode import DecodeError, decode_video
 
     vids = tmp_path / "videos"
-    hostile.good(vids / "good.mp4", n=20)
-    secret = hostile.good(vids / "secret.mp4", n=20)
+    testing.good(vids / "good.mp4", n=20)
+    secret = testing.good(vids / "secret.mp4", n=20)
     os.chmod(secret, 0)
     if os.geteuid() != 0:
         out = tmp_path / "cache"

@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.testing import REPO
 
 TINY = {
     "demo": {"videos": 24, "min_seconds": 3, "max_seconds": 5, "fps": 5, "width": 64, "height": 48},

@@ -8,7 +8,7 @@ import zarr
 
 import storage
 from storage.shard import CorruptShardError
-from tests.conftest import run_module
+from tests.testing import run_module
 
 FP = {"model": "m", "fps": 1.0}
 

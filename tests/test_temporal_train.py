@@ -10,7 +10,7 @@ import storage
 import temporal
 from temporal.synth import class_task, order_task, write_cache, write_labels
 from temporal.train import RunError
-from tests.conftest import run_module
+from tests.testing import run_module
 
 TINY = dict(dim=32, heads=4, depth_spatial=1, depth_temporal=1, depth_fusion=1, clip_len=2, frames=16,
             batch_size=8, lr=3e-3, warmup=1, dropout=0.0, eval_views=2)
