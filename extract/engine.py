@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 import storage
-from extract.backbone import Backbone, load_backbone, pick_device
+from extract.backbone import Backbone, device_for, load_backbone
 from extract.batcher import DECODER_NICE, Extractor, set_threads
 from extract.config import ExtractConfig
 from extract.decoder import kill_all, spawn_decoder
@@ -100,7 +100,7 @@ def run(config: ExtractConfig, videos_dir: str | os.PathLike, out_dir: str | os.
     cfg = config
     cfg.validate()
     videos = find_videos(videos_dir, cfg.extensions)
-    device = pick_device(cfg.device)
+    device = device_for(cfg)
     distributed = bool(cfg.workers or cfg.scheduler)
     procs: list = []
     if not distributed:

@@ -18,9 +18,10 @@ from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from storage.files import write_json
 from temporal.config import Config, ConfigError, as_config
 from temporal.metrics import better, clean, compute_metrics, scores_loss
-from temporal.train import _write_json, evaluate, load_data, train, write_predictions
+from temporal.train import evaluate, load_data, train, write_predictions
 
 STRENGTHS = (0.01, 0.1, 1.0, 10.0)  # C for logistic regression; ridge uses alpha = 1 / C
 
@@ -104,7 +105,7 @@ def baseline(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_di
     if mlp:
         run = train(cache_dir, labels_csv, out / "mlp", cfg.replace(model="meanpool"), log=log)
         result["mlp"] = {s: evaluate(run, s, log=log) for s in splits}
-    _write_json(out / "metrics.json", result)
+    write_json(out / "metrics.json", result)
     for name, res in result.items():
         for split in ("val", "test"):
             if split in res:

@@ -216,7 +216,7 @@ def test_config_round_trips_as_params(tmp_path):
     d = json.loads(json.dumps(cfg.to_dict()))
     assert ExtractConfig.from_dict(d) == cfg
     assert cfg.sampling() == {"policy": "every", "every": 4, "max_frames": 100}
-    with pytest.raises(ExtractError, match="unknown extract setting"):
+    with pytest.raises(ExtractError, match=r"unknown extract setting.*'fsp' \(did you mean 'fps'\?\)"):
         ExtractConfig.from_dict({"fsp": 2})
     with pytest.raises(ExtractError, match="not both"):
         ExtractConfig(every=2, num_frames=3)
