@@ -32,8 +32,8 @@ class _VideoState:
 class Extractor:
     """Runs decoded frames through the backbone in fixed-size batches across video boundaries."""
 
-    def __init__(self, backbone: Backbone, cfg: ExtractConfig, nice: int = DECODER_NICE):
-        self.bb, self.cfg, self.nice = backbone, cfg, nice
+    def __init__(self, backbone: Backbone, cfg: ExtractConfig):
+        self.bb, self.cfg = backbone, cfg
         self.frames = 0
         self.batches = 0
         self.infer_seconds = 0.0  # in the model (the rest of the main loop's time is waiting/copying)
@@ -96,7 +96,7 @@ class Extractor:
 
         pool = DecoderPool([(i, v.path) for i, v in enumerate(videos)], policy=cfg.sampling(),
                            geometry=bb.geometry, decoders=cfg.decoders, fault_tol=cfg.fault_tol,
-                           timeout=cfg.decode_timeout, nice=self.nice, procs=procs)
+                           timeout=cfg.decode_timeout, nice=DECODER_NICE, procs=procs)
         try:
             for ev in pool:
                 if isinstance(ev, Frames):

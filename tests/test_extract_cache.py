@@ -211,7 +211,7 @@ def test_local_weights_safetensors_and_state_dict(tmp_path):
         load_backbone(tiny(weights=str(tmp_path / "bad.pth")))
 
 
-def test_config_round_trips_as_params(tmp_path):
+def test_config_round_trips_as_params():
     cfg = tiny(every=4, max_frames=100, format="hdf5")
     d = json.loads(json.dumps(cfg.to_dict()))
     assert ExtractConfig.from_dict(d) == cfg

@@ -46,13 +46,12 @@ def test_fps_policy_reads_the_right_frames(make_video, fps):
     n = 90
     path = make_video(f"v{fps}.mp4", frames=n, fps=fps)
     ts, pix, info = decoded(path, {"policy": "fps", "fps": 1.0})
-    step = round(fps)
     want = [i for i in range(0, n, 1) if any(abs(i / fps - k) < 0.5 / fps for k in range(10))]
     assert info["backend"] == "decord"
     assert which_frames(pix) == want
     np.testing.assert_allclose(ts, np.array(want) / fps, atol=1e-3)
     np.testing.assert_allclose(ts, np.arange(len(want)), atol=0.5 / fps)
-    assert len(want) == (n - 1) // step + 1 if fps != 29.97 else 4
+    assert len(want) == {25: 4, 10: 9, 29.97: 3}[fps]  # one per whole second of (n - 1) / fps
 
 
 def test_every_num_frames_and_cap(make_video):
@@ -106,11 +105,9 @@ def test_truncated_and_directory(tmp_path, make_video):
     (tmp_path / "d.mp4").mkdir()
     with pytest.raises(DecodeError, match="directory"):
         list(decode_video(str(tmp_path / "d.mp4"), {"policy": "fps", "fps": 1.0}, FLAT))
-    try:  # a truncated mp4 loses its index (moov at the end): unreadable, or fewer frames
-        ts, _, _ = decoded(tmp_path / "t.mp4", {"policy": "every", "every": 1})
-        assert len(ts) < 50
-    except DecodeError as e:
-        assert "t.mp4" in str(e)
+    # PyAV writes the index (moov) at the end of an mp4: the first third holds no index at all
+    with pytest.raises(DecodeError, match=r"t\.mp4 is not a readable video \(InvalidDataError"):
+        decoded(tmp_path / "t.mp4", {"policy": "every", "every": 1})
 
 
 CONFIGS = [

@@ -167,7 +167,7 @@ def test_a_refused_writer_names_the_holder_even_before_it_wrote_its_pid(tmp_path
     assert (root / ".lock").read_text() == ""  # released: no pid left to mislead the next reader
 
 
-def test_settings_helpers_refuse_unknown_keys_and_read_optional_types(tmp_path):
+def test_settings_helpers_refuse_unknown_keys_and_read_optional_types():
     from dataclasses import dataclass
 
     from storage.settings import check_keys, field_types
