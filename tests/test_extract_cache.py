@@ -116,6 +116,7 @@ def test_mismatched_fingerprint_is_refused(reference, videos):
         run(tiny(seed=1), videos, reference)
 
 
+@pytest.mark.slow
 def test_dask_workers_write_the_same_content(reference, videos, tmp_path):
     out = tmp_path / "dask"
     s = run(tiny(workers=2), videos, out)
@@ -125,6 +126,7 @@ def test_dask_workers_write_the_same_content(reference, videos, tmp_path):
     assert storage.verify(out).ok
 
 
+@pytest.mark.slow
 def test_bad_files_fail_alone_and_are_reported(tmp_path):
     vids = tmp_path / "videos"
     vids.mkdir()
@@ -156,6 +158,7 @@ def test_bad_files_fail_alone_and_are_reported(tmp_path):
     assert storage.verify(out).ok
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume_equals_uninterrupted(videos, tmp_path):
     args = ["--videos", videos, *TINY_CLI, "--videos-per-shard", "1", "--every", "3"]
     ref = tmp_path / "ref"

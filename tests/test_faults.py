@@ -61,6 +61,7 @@ def assert_complete(ref: Path, out: Path) -> None:
 # 1. crash at any moment (the deterministic part: every stage of a shard commit)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["zarr", "hdf5"])
 def test_sigkill_at_every_commit_stage_then_resume(vids, ref, tmp_path, fmt):
     out = tmp_path / "cache"
@@ -87,6 +88,7 @@ def test_sigkill_at_every_commit_stage_then_resume(vids, ref, tmp_path, fmt):
 # 2. hostile inputs
 
 
+@pytest.mark.slow
 def test_hostile_inputs_fail_alone_with_reasons(tmp_path):
     root = tmp_path / "videos"
     ok, bad = testing.make_all(root)
@@ -122,6 +124,7 @@ def test_hostile_inputs_fail_alone_with_reasons(tmp_path):
     assert storage.verify(out).ok
 
 
+@pytest.mark.slow
 def test_damaged_frames_are_contained_and_reported(tmp_path):
     root = tmp_path / "videos"
     src = testing.good(root / "good.mp4", n=60)
@@ -209,6 +212,7 @@ def test_unreadable_file_is_reported(tmp_path, monkeypatch):
 # 3. concurrency
 
 
+@pytest.mark.slow
 def test_two_writers_at_once_one_stops_clearly(vids, ref, tmp_path):
     out = tmp_path / "cache"
     env = {**os.environ, "PYTHONPATH": str(REPO), "EXTRACT_TEST_DECODE_DELAY": "0.2"}
@@ -250,6 +254,7 @@ def _read(p: Path) -> bytes:
 # 5. disk full / write errors
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["enospc:2", "enospc-append", "enospc-failures"])
 def test_disk_full_stops_clearly_and_resumes(vids, tmp_path, fault):
     src = tmp_path / "videos"
@@ -347,6 +352,7 @@ def _chunk_files(shard: Path, array: str) -> list[Path]:
     return sorted(p for p in (shard / array).rglob("*") if p.is_file() and p.name != "zarr.json")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["flip-features", "truncate-features", "flip-h5", "truncate-h5"])
 def test_damaged_shard_is_named_and_repair_reextracts_its_videos(vids, ref, tmp_path, damage):
     fmt = "hdf5" if damage.endswith("h5") else "zarr"
@@ -391,6 +397,7 @@ def test_damaged_shard_is_named_and_repair_reextracts_its_videos(vids, ref, tmp_
     assert_complete(ref, out)
 
 
+@pytest.mark.slow
 def test_damaged_shard_without_repair_says_what_to_do(vids, tmp_path):
     out = tmp_path / "cache"
     assert run(tiny(videos_per_shard=2), vids, out).ok
@@ -401,6 +408,7 @@ def test_damaged_shard_without_repair_says_what_to_do(vids, tmp_path):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_random_kill_soak_small():
     """bench/soak.py at CI size: random-time kills and one kill inside a commit, then resume."""
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "soak.py"), "--trials", "3", "--videos", "3",
