@@ -5,7 +5,7 @@
     print(summary.line())
 
 Imports `storage` only (never `temporal` or `pipeline`). torch is imported lazily (on first use of
-`run`, `Summary` or `find_videos`), so the decoder subprocesses and the CLI's start-up stay light.
+`run` or `Summary`), so the decoder subprocesses and the CLI's start-up stay light.
 """
 
 from extract.config import DEFAULT_MODEL, VIDEO_EXTENSIONS, ExtractConfig, ExtractError

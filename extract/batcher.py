@@ -19,14 +19,13 @@ DECODER_NICE = 5  # decoders yield the CPU to the model; they get it whenever th
 
 
 class _VideoState:
-    __slots__ = ("expected", "feats", "inferred", "info", "ts")
+    __slots__ = ("expected", "feats", "inferred", "ts")
 
     def __init__(self) -> None:
         self.feats: list[torch.Tensor] = []
         self.ts: list[np.ndarray] = []
         self.inferred = 0
         self.expected: int | None = None
-        self.info: dict = {}
 
 
 class Extractor:
@@ -35,7 +34,6 @@ class Extractor:
     def __init__(self, backbone: Backbone, cfg: ExtractConfig):
         self.bb, self.cfg = backbone, cfg
         self.frames = 0
-        self.batches = 0
         self.infer_seconds = 0.0  # in the model (the rest of the main loop's time is waiting/copying)
         self.notes: dict[int, list[str]] = {}  # video index -> what the decoder worked around
 
@@ -76,7 +74,6 @@ class Extractor:
             t = time.perf_counter()
             y = bb.embed(buf)
             self.infer_seconds += time.perf_counter() - t
-            self.batches += 1
             touched = []
             r = 0
             while r < fill:
@@ -114,7 +111,7 @@ class Extractor:
                             infer()
                 elif isinstance(ev, Done):
                     st = state.setdefault(ev.index, _VideoState())
-                    st.expected, st.info = ev.frames, ev.info
+                    st.expected = ev.frames
                     if ev.info.get("notes"):
                         self.notes[ev.index] = list(dict.fromkeys(ev.info["notes"]))
                     finish(ev.index)
