@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -220,27 +221,46 @@ def test_two_writers_at_once_one_stops_clearly(vids, ref, tmp_path):
            "--videos-per-shard", "1"]
     procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]  # started together: both load the model, then race for the lock
-    res = [p.communicate(timeout=300) for p in procs]
-    codes = [p.returncode for p in procs]
-    assert sorted(codes) == [0, 2], res
+    # The winner is paused (it keeps the lock) until the loser has given up: on a loaded machine
+    # the loser's start-up may otherwise outlast the winner's whole run, and both would succeed.
+    winner = _lock_holder(out, procs)
+    loser = procs[1 - procs.index(winner)]
+    winner.send_signal(signal.SIGSTOP)
+    try:
+        _, loser_err = loser.communicate(timeout=300)
+    finally:
+        winner.send_signal(signal.SIGCONT)
+    winner_out, winner_err = winner.communicate(timeout=300)
+    assert (winner.returncode, loser.returncode) == (0, 2), (winner_err, loser_err)
     # the loser names the winner, even if it asked in the moment between the winner's flock and
     # the winner writing its pid into .lock (see test_storage.py)
-    winner, loser = procs[codes.index(0)], res[codes.index(2)][1]
-    assert f"is being written by pid {winner.pid};" in loser and "resumes" in loser, loser
+    assert f"is being written by pid {winner.pid};" in loser_err and "resumes" in loser_err, loser_err
+    assert f"{N_VIDEOS} done" in winner_out
     assert_complete(ref, out)
     # a writer in this process is refused too while the lock is held by another process
     out = tmp_path / "cache2"
     cmd[cmd.index("--out") + 1] = str(out)
     holder = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and b"pid" not in _read(out / ".lock"):
-            time.sleep(0.05)
-        time.sleep(0.5)
-        with pytest.raises(storage.CacheBusy, match=f"pid {holder.pid}"):
+        assert _lock_holder(out, [holder]) is holder
+        holder.send_signal(signal.SIGSTOP)
+        with pytest.raises(storage.CacheBusy, match=f"pid {holder.pid};"):
             storage.CacheWriter(out, dim=192, dtype="float16", fingerprint={})
     finally:
-        holder.wait(timeout=300)
+        holder.send_signal(signal.SIGCONT)
+        assert holder.wait(timeout=300) == 0
+
+
+def _lock_holder(cache: Path, procs: list[subprocess.Popen]) -> subprocess.Popen:
+    """The process among `procs` whose pid appears in cache/.lock (its holder writes it on taking it)."""
+    by_pid = {p.pid: p for p in procs}
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+        m = re.fullmatch(rb"pid (\d+)", _read(cache / ".lock").strip())
+        if m and int(m[1]) in by_pid:
+            return by_pid[int(m[1])]
+        time.sleep(0.01)
+    raise AssertionError(f"no process took the lock of {cache}: {[p.poll() for p in procs]}")
 
 
 def _read(p: Path) -> bytes:
