@@ -38,8 +38,8 @@ import torch
 from extract import ExtractConfig, run
 from extract.backbone import load_backbone
 from extract.decode import decode_video
-from extract.engine import find_videos
-from pipeline.synth import write_video
+from extract.discover import find_videos
+from extract.synth import write_video
 
 
 def textured_frames(n: int, h: int, w: int, seed: int):

@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 
 import storage  # noqa: E402
 from extract import ExtractConfig, run  # noqa: E402
-from tests import hostile  # noqa: E402
+from tests import testing  # noqa: E402
 
 CLI = ["--model", "vit_tiny_patch16_224", "--model-kwargs", '{"img_size": 32, "depth": 2}',
        "--no-pretrained", "--batch-size", "8", "--videos-per-shard", "1", "--no-progress", "--every", "2"]
@@ -54,7 +54,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="soak-"))
     vids = work / "videos"
     for i in range(args.videos):
-        hostile.good(vids / f"v{i:02d}.mp4", n=16 + 4 * i, fps=8, seed=i)
+        testing.good(vids / f"v{i:02d}.mp4", n=16 + 4 * i, fps=8, seed=i)
     ref = work / "ref"
     t0 = time.monotonic()
     assert run(ExtractConfig(**CFG), vids, ref).ok

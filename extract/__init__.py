@@ -5,7 +5,7 @@
     print(summary.line())
 
 Imports `storage` only (never `temporal` or `pipeline`). torch is imported lazily (on first use of
-`run`, `Summary` or `find_videos`), so the decoder subprocesses and the CLI's start-up stay light.
+`run` or `Summary`), so the decoder subprocesses and the CLI's start-up stay light.
 """
 
 from extract.config import DEFAULT_MODEL, VIDEO_EXTENSIONS, ExtractConfig, ExtractError
@@ -16,8 +16,12 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    if name in ("Summary", "find_videos", "run"):
+    if name in ("Summary", "run"):
         from extract import engine
 
         return getattr(engine, name)
+    if name == "find_videos":
+        from extract.discover import find_videos
+
+        return find_videos
     raise AttributeError(f"module 'extract' has no attribute {name!r}")

@@ -34,7 +34,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=d.seed)
     g = ap.add_argument_group("throughput")
     g.add_argument("--batch-size", type=int, default=d.batch_size)
-    g.add_argument("--device", default=d.device, help="auto | cpu | cuda (auto: cuda when present)")
+    g.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N (auto: cuda when present)")
     g.add_argument("--no-amp", dest="amp", action="store_false", help="no bfloat16 autocast on CUDA")
     g.add_argument("--threads", type=int, default=d.threads, help="torch threads (0: all cores)")
     g.add_argument("--decoders", type=int, default=d.decoders, help="decoder subprocesses per process")

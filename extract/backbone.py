@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-import numpy as np
 import torch
 
 from extract.config import ExtractConfig, ExtractError
 from extract.decode import geometry
+from storage.device import DeviceError, pick_device
 
 OFFLINE_MODEL = "tf_efficientnet_lite0"
 
@@ -182,12 +182,12 @@ def state_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ExtractError("--device cuda asked for, but torch sees no CUDA device")
-    return torch.device(name)
+def device_for(cfg: ExtractConfig) -> torch.device:
+    """`cfg.device` as a torch device (storage.device.pick_device); ExtractError if torch cannot give it."""
+    try:
+        return pick_device(cfg.device)
+    except DeviceError as e:
+        raise ExtractError(f"--device: {e}") from None
 
 
 @dataclass
@@ -259,7 +259,7 @@ def data_config_for(model: torch.nn.Module, model_kwargs: dict) -> dict:
 
 
 def load_backbone(cfg: ExtractConfig, device: torch.device | None = None) -> Backbone:
-    device = device or pick_device(cfg.device)
+    device = device or device_for(cfg)
     model, source = build_model(cfg, num_classes=0)
     dc = data_config_for(model, cfg.model_kwargs)
     digest = state_digest(model)
@@ -274,6 +274,3 @@ def load_backbone(cfg: ExtractConfig, device: torch.device | None = None) -> Bac
     bb.dim = int(bb.embed(torch.zeros(1, h, w, 3, dtype=torch.uint8)).shape[-1])
     return bb
 
-
-def as_storage(features: torch.Tensor, dtype: str) -> np.ndarray:
-    return features.numpy().astype(dtype, copy=False)

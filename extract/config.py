@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from storage.device import is_device_name
+from storage.settings import check_keys
+
 DEFAULT_MODEL = "vit_base_patch16_clip_224.openai"
 VIDEO_EXTENSIONS = (
     ".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".mts",
@@ -38,7 +41,7 @@ class ExtractConfig:
     seed: int = 0
     # throughput
     batch_size: int = 32
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (storage.device.pick_device)
     amp: bool = True  # bfloat16 autocast on CUDA (ignored on the CPU)
     threads: int = 0  # torch intra-op threads per extraction process; 0 = the cores it may use
     decoders: int = 1  # decoder subprocesses per extraction process
@@ -81,8 +84,8 @@ class ExtractConfig:
             raise ExtractError(f"dtype must be float16 or float32, got {self.dtype!r}")
         if self.format not in ("zarr", "hdf5"):
             raise ExtractError(f"format must be zarr or hdf5, got {self.format!r}")
-        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
-            raise ExtractError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if not is_device_name(self.device):
+            raise ExtractError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.workers < 0 or self.threads < 0:
             raise ExtractError("workers and threads must be >= 0")
 
@@ -105,12 +108,7 @@ class ExtractConfig:
     @classmethod
     def from_dict(cls, d: dict) -> ExtractConfig:
         """Build from a mapping (e.g. params.yaml's `extract:` section); unknown keys are an error."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ExtractError(
-                f"unknown extract setting(s): {', '.join(unknown)}; known: {', '.join(sorted(names))}"
-            )
+        check_keys(cls, d, "extract setting(s)", ExtractError)
         d = dict(d)
         if "extensions" in d and d["extensions"] is not None:
             d["extensions"] = tuple(d["extensions"])

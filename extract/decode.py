@@ -124,7 +124,6 @@ class Probe:
     codec: str
     width: int
     height: int
-    notes: list[str] = field(default_factory=list)
 
     @property
     def expected_frames(self) -> int:
@@ -208,22 +207,32 @@ def _openable(path: str) -> tuple[str, int | None]:
         return f"/proc/self/fd/{fd}", fd
 
 
+@dataclass
+class _Job:
+    """One video being decoded: what both backends need."""
+
+    path: str  # as the user named it (in messages)
+    src: str  # what the C libraries open (see _openable)
+    probe: Probe
+    policy: dict
+    pre: Preprocessor
+    chunk: int  # frames per yielded chunk
+    notes: list[str] = field(default_factory=list)  # work-arounds, reported with the video
+
+
 def _decode(path, src, policy, geo, fault_tol, backend, chunk_bytes):
     pr = probe(path, src)
     if pr.width * pr.height > 16384 * 16384:
         raise DecodeError(f"{path}: frame size {pr.width}x{pr.height} is too large to decode")
-    pre = Preprocessor(geo)
-    notes = list(pr.notes)
     frame_bytes = max(1, pr.width * pr.height * 3)
-    chunk = max(1, min(MAX_CHUNK, chunk_bytes // frame_bytes))
+    job = _Job(path, src, pr, policy, Preprocessor(geo), max(1, min(MAX_CHUNK, chunk_bytes // frame_bytes)))
     if backend in ("auto", "decord"):
         try:
-            yield from _decode_decord(path, src, pr, policy, pre, fault_tol, chunk, notes,
-                                      strict=backend == "decord")
+            yield from _decode_decord(job, fault_tol, strict=backend == "decord")
             return
         except _UsePyAV as e:
-            notes.append(str(e))
-    yield from _decode_pyav(path, src, pr, policy, pre, chunk, notes)
+            job.notes.append(str(e))
+    yield from _decode_pyav(job)
 
 
 def timestamp_problem(pts: np.ndarray, fps: float, duration: float) -> str:
@@ -245,12 +254,14 @@ class _UsePyAV(Exception):
     pass
 
 
-def _decode_decord(path, src, pr: Probe, policy, pre, fault_tol, chunk, notes, strict: bool):
+def _decode_decord(job: _Job, fault_tol: float, strict: bool):
     import decord
+
+    path, pr, pre, chunk, notes = job.path, job.probe, job.pre, job.chunk, job.notes
 
     decord.logging.set_level(decord.logging.QUIET)
     try:
-        vr = decord.VideoReader(src, ctx=decord.cpu(0), num_threads=1, fault_tol=fault_tol)
+        vr = decord.VideoReader(job.src, ctx=decord.cpu(0), num_threads=1, fault_tol=fault_tol)
         n = len(vr)
     except Exception as e:
         if strict:
@@ -268,7 +279,7 @@ def _decode_decord(path, src, pr: Probe, policy, pre, fault_tol, chunk, notes, s
     if problem:
         notes.append(f"decord's frame times are unusable ({problem}); using frame index / {fps:g} fps")
         pts = np.arange(n, dtype=np.float64) / fps
-    idx = select(pts, policy)
+    idx = select(pts, job.policy)
     t0 = float(pts.min())
     yield ("start", {"backend": "decord", "frames": len(idx), "total_frames": n, "fps": pr.fps,
                      "notes": notes})
@@ -286,9 +297,11 @@ def _decode_decord(path, src, pr: Probe, policy, pre, fault_tol, chunk, notes, s
     yield ("done", {"frames": len(idx)})
 
 
-def _decode_pyav(path, src, pr: Probe, policy, pre, chunk, notes):
+def _decode_pyav(job: _Job):
     """Fallback: demux once for the frame times, then decode sequentially keeping picked frames."""
     import av
+
+    path, src, pr, pre, chunk, notes = job.path, job.src, job.probe, job.pre, job.chunk, job.notes
 
     try:
         with av.open(src) as c:
@@ -308,7 +321,7 @@ def _decode_pyav(path, src, pr: Probe, policy, pre, chunk, notes):
         ticks = np.array(sorted(raw_pts), dtype=np.float64)
         pts = ticks * tb
         by_tick = True
-    idx = select(pts, policy)
+    idx = select(pts, job.policy)
     keys = ticks[idx] if by_tick else idx
     want = {int(key): j for j, key in enumerate(keys)}
     t0 = float(pts.min())

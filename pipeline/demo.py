@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.synth import write_video
+from extract.synth import write_video
 
 KEYS = ("cat", "coffee", "rocket", "astronaut")
 MARKERS = ("colorwheel", "page")

@@ -1,13 +1,14 @@
-"""One loader for `params.yaml`: each stage reads its section into its own config dataclass."""
+"""One loader for `params.yaml`: each stage script reads its section into its own config dataclass."""
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
+import argparse
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
+from storage.settings import check_keys
 
 T = TypeVar("T")
 
@@ -23,16 +24,16 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
 def build(cls: type[T], values: dict[str, Any] | None, where: str) -> T:
     """`cls(**values)`, refusing keys the dataclass does not have (with a did-you-mean)."""
     values = dict(values or {})
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - fields)
-    if unknown:
-        hints = []
-        for k in unknown:
-            close = difflib.get_close_matches(k, fields, n=1)
-            hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise ValueError(f"{where}: unknown key(s) {', '.join(hints)}; known: {', '.join(sorted(fields))}")
+    check_keys(cls, values, f"key(s) in {where}")
     return cls(**values)
 
 
 def section(params: dict[str, Any], name: str, cls: type[T]) -> T:
     return build(cls, params.get(name), f"params.yaml [{name}]")
+
+
+def stage_parser(stage: str, doc: str | None) -> argparse.ArgumentParser:
+    """The command line of a stage script, with `--params` (default params.yaml)."""
+    ap = argparse.ArgumentParser(prog=f"python -m pipeline.stages.{stage}", description=doc)
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"), help="default: params.yaml")
+    return ap

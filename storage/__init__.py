@@ -1,6 +1,8 @@
 """The feature cache format: shard writers and readers, the index, the fingerprint, `verify`.
 
-Knows nothing of models: features are arrays, a fingerprint is a dict.
+Knows nothing of models: features are arrays, a fingerprint is a dict. Also home to the few
+helpers both stages share (`storage.settings`, `storage.device`, `storage.files`; see
+docs/architecture.md); torch is imported only inside `storage.device.pick_device`.
 """
 
 from storage.cache import (

@@ -7,8 +7,6 @@ interrupts, re-opening the cache sees exactly the videos whose shard was committ
 from __future__ import annotations
 
 import datetime as _dt
-import errno
-import fcntl
 import json
 import os
 from collections.abc import Iterator
@@ -17,13 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
+from storage import lock
 from storage.ids import check_video_id
 from storage.shard import SHARD_NAME, SUFFIX, TMP_MARK, Shard, ShardWriter, remove_path
 
 CACHE_VERSION = 1
 CACHE_JSON = "cache.json"
 FAILURES = "failures.jsonl"
-LOCK = ".lock"
+LOCK = lock.LOCK
 
 
 class CacheError(RuntimeError):
@@ -273,7 +272,7 @@ class CacheWriter:
 
     def close(self) -> None:
         if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing releases the flock
+            lock.release(self._lock_fd)
             self._lock_fd = None
 
     def __enter__(self) -> CacheWriter:
@@ -284,18 +283,10 @@ class CacheWriter:
 
 
 def _lock(path: Path, wait: bool) -> int:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-    except OSError as e:
-        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
-        os.close(fd)
-        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise CacheBusy(
-                f"{path.parent} is being written by {holder}; wait for it to finish "
-                "(it resumes where it stops) or use another --out folder"
-            ) from None
-        raise
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
-    return fd
+        return lock.acquire(path, wait)
+    except lock.Held as e:
+        raise CacheBusy(
+            f"{path.parent} is being written by {e}; wait for it to finish "
+            "(it resumes where it stops) or use another --out folder"
+        ) from None

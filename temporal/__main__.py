@@ -17,16 +17,18 @@ from dataclasses import fields
 from pathlib import Path
 
 import storage
+from storage.settings import field_types
 from temporal.config import CHOICES, Config, ConfigError, as_config, load_config_file
 from temporal.labels import LabelError
 from temporal.train import EVAL_OVERRIDES, RunError
 
-_TYPES = {"int": int, "float": float, "str": str}
+_METAVAR = {int: "N", float: "X", str: "NAME"}
 
 
 def _add_config_options(p: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
     g = p.add_argument_group("model and training options (temporal.Config)")
     defaults = Config()
+    types = field_types(Config)
     for f in fields(Config):
         if only is not None and f.name not in only:
             continue
@@ -35,11 +37,12 @@ def _add_config_options(p: argparse.ArgumentParser, only: tuple[str, ...] | None
             flags.append("-k")
         shown = f"default {getattr(defaults, f.name)!r}" if only is None else "default: as trained"
         kw: dict = {"dest": f.name, "default": None, "help": shown}
-        if str(f.type) == "bool":
+        kind = types[f.name][0]
+        if kind is bool:
             kw["action"] = argparse.BooleanOptionalAction
         else:
-            kw["type"] = _TYPES[str(f.type)]
-            kw["metavar"] = {"int": "N", "float": "X", "str": "NAME"}[str(f.type)]
+            kw["type"] = kind
+            kw["metavar"] = _METAVAR[kind]
             if f.name in CHOICES:
                 kw["choices"] = CHOICES[f.name]
                 kw["metavar"] = "{" + ",".join(CHOICES[f.name]) + "}"

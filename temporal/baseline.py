@@ -18,9 +18,10 @@ from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from storage.files import write_json
 from temporal.config import Config, ConfigError, as_config
 from temporal.metrics import better, clean, compute_metrics, scores_loss
-from temporal.train import _write_json, evaluate, load_data, train, write_predictions
+from temporal.train import evaluate, load_data, train, write_predictions
 
 STRENGTHS = (0.01, 0.1, 1.0, 10.0)  # C for logistic regression; ridge uses alpha = 1 / C
 
@@ -31,7 +32,7 @@ def mean_features(videos, rows: list[int]) -> np.ndarray:
         np.zeros((0, videos.dim), np.float32)
 
 
-def _fit(task: str, X: np.ndarray, y: np.ndarray, strength: float, n_classes: int):
+def _fit(task: str, X: np.ndarray, y: np.ndarray, strength: float):
     if task == "regression":
         est = Ridge(alpha=1.0 / strength)
     elif task == "single":
@@ -57,7 +58,7 @@ def _scores(task: str, model, X: np.ndarray, n_classes: int) -> np.ndarray:
     return p
 
 
-def linear_probe(data, cfg: Config, out: Path, log=print) -> dict:
+def linear_probe(data, cfg: Config, out: Path) -> dict:
     task, n_classes = data.labels.task, len(data.labels.classes)
     feats = {s: mean_features(data.videos, getattr(data, s)) for s in ("train", "val", "test")}
     ys = {s: data.labels.target_array(getattr(data, s)) for s in ("train", "val", "test")}
@@ -65,14 +66,14 @@ def linear_probe(data, cfg: Config, out: Path, log=print) -> dict:
     chosen, best = 1.0, None
     if len(feats["val"]):  # pick the regularisation on val, by the same rule as STAN's early stopping
         for c in STRENGTHS:
-            m = _fit(task, feats["train"], ys["train"], c, n_classes)
+            m = _fit(task, feats["train"], ys["train"], c)
             s = _scores(task, m, feats["val"], n_classes)
             val = {"loss": scores_loss(task, ys["val"], s), **compute_metrics(task, ys["val"], s)}
             if monitor not in val:
                 raise ConfigError(f"monitor {monitor!r} is not a metric of a {task} task: {sorted(val)}")
             if better(monitor, val[monitor], best):
                 chosen, best = c, val[monitor]
-    model = _fit(task, feats["train"], ys["train"], chosen, n_classes)
+    model = _fit(task, feats["train"], ys["train"], chosen)
     name = {"single": "logistic", "multi": "logistic_ovr", "regression": "ridge"}[task]
     result: dict = {"estimator": name}
     if task == "regression":
@@ -98,13 +99,13 @@ def baseline(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_di
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = load_data(cache_dir, labels_csv, cfg, log=log)
-    result = {"linear": linear_probe(data, cfg, out, log=log)}
+    result = {"linear": linear_probe(data, cfg, out)}
     splits = [s for s in ("val", "test") if getattr(data, s)]
     del data
     if mlp:
         run = train(cache_dir, labels_csv, out / "mlp", cfg.replace(model="meanpool"), log=log)
         result["mlp"] = {s: evaluate(run, s, log=log) for s in splits}
-    _write_json(out / "metrics.json", result)
+    write_json(out / "metrics.json", result)
     for name, res in result.items():
         for split in ("val", "test"):
             if split in res:

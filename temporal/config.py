@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import difflib
 import json
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from storage.device import is_device_name
+from storage.settings import check_keys, field_types
 
 CHOICES = {
     "model": ("stan", "meanpool"),
@@ -23,7 +25,6 @@ CHOICES = {
     "task": ("auto", "single", "multi", "regression"),
     "sampling": ("uniform", "window"),
     "eval_mode": ("views", "full"),
-    "device": ("auto", "cpu", "cuda"),
 }
 
 
@@ -65,20 +66,20 @@ class Config:
     patience: int = 5  # epochs without improvement of `monitor` on val before stopping; 0 disables
     monitor: str = "loss"  # val loss, or a val metric name (accuracy, macro_f1, map, mse, r2, ...)
     seed: int = 0
-    device: str = "auto"  # auto (cuda if present) | cpu | cuda
+    device: str = "auto"  # auto (cuda if present) | cpu | cuda | cuda:N (storage.device.pick_device)
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            v = getattr(self, f.name)
-            want = {"int": int, "float": float, "bool": bool, "str": str}[str(f.type)]
-            if want is float and isinstance(v, str):  # YAML 1.1 reads `5e-4` as a string
+        for name, want in field_types(Config).items():
+            v = getattr(self, name)
+            if float in want and isinstance(v, str):  # YAML 1.1 reads `5e-4` as a string
                 with contextlib.suppress(ValueError):
                     v = float(v)
-            if want is float and isinstance(v, int) and not isinstance(v, bool):
+            if float in want and isinstance(v, int) and not isinstance(v, bool):
                 v = float(v)
-            setattr(self, f.name, v)
-            if not isinstance(v, want) or (want is int and isinstance(v, bool)):
-                raise ConfigError(f"temporal option {f.name}: expected {want.__name__}, got {v!r}")
+            setattr(self, name, v)
+            if not isinstance(v, want) or (bool not in want and isinstance(v, bool)):
+                kind = " or ".join("None" if t is type(None) else t.__name__ for t in want)
+                raise ConfigError(f"temporal option {name}: expected {kind}, got {v!r}")
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"temporal option {name}={getattr(self, name)!r}: choose one of {allowed}")
@@ -90,6 +91,8 @@ class Config:
                      "grad_clip", "patience", "mlp_ratio", "pca_dims"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"temporal option {name} must be >= 0, got {getattr(self, name)}")
+        if not is_device_name(self.device):
+            raise ConfigError(f"temporal option device={self.device!r}: choose auto, cpu, cuda or cuda:N")
         if self.dim % self.heads:
             raise ConfigError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
         if not 0.0 <= self.aug_drop < 1.0 or self.aug_noise < 0:
@@ -107,14 +110,7 @@ class Config:
     def from_dict(cls, d: dict[str, Any] | None) -> Config:
         """A Config from a mapping; unknown keys are an error (a typo must not be silently ignored)."""
         d = dict(d or {})
-        known = [f.name for f in fields(cls)]
-        unknown = [k for k in d if k not in known]
-        if unknown:
-            hints = []
-            for k in unknown:
-                close = difflib.get_close_matches(str(k), known, n=1)
-                hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-            raise ConfigError(f"unknown temporal option(s): {', '.join(hints)}; known: {', '.join(known)}")
+        check_keys(cls, d, "temporal option(s)", ConfigError)
         return cls(**d)
 
     def replace(self, **changes: Any) -> Config:

@@ -27,6 +27,8 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 import storage
+from storage.device import pick_device
+from storage.files import write_json
 from temporal.config import Config, ConfigError, as_config
 from temporal.data import Clip, Videos, collate, eval_batches, eval_clips, principal_components, sample_frames
 from temporal.labels import LabelError, Labels, check_classes, match_cache, read_labels, train_subset
@@ -94,12 +96,6 @@ def remap_classes(labels: Labels, classes: list[str]) -> Labels:
 
 
 # ---------------------------------------------------------------- small helpers
-
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device cuda asked for, but torch sees no CUDA device")
-    return torch.device("cuda" if name in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
-
 
 def autocast(device: torch.device):
     # bf16 needs no loss scaling; on the CPU we stay in float32 (exact, reproducible)
@@ -246,13 +242,6 @@ def score_rows(model, data: Data, rows: list[int], cfg: Config, meta: dict, devi
     return {"videos": len(rows), "loss": clean(loss), **compute_metrics(task, y, scores)}, scores
 
 
-def _write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 # ---------------------------------------------------------------- train
 
 def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: str | os.PathLike,
@@ -356,13 +345,13 @@ def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: 
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
               str(out / "model.safetensors"))
     meta["best_epoch"] = best_epoch
-    _write_json(out / "config.json", meta)
+    write_json(out / "config.json", meta)
     summary = {"best_epoch": best_epoch, "epochs_run": len(history), "stopped_early": stopped_early,
                "train_seconds": round(time.time() - t0, 2), "params": n_params,
                "videos": {"train": len(data.train), "val": len(data.val), "test": len(data.test)}}
     if use_val:
         summary["val"], _ = score_rows(model, data, data.val, cfg, meta, device)
-    _write_json(out / "summary.json", summary)
+    write_json(out / "summary.json", summary)
     shown = ", ".join(f"{k} {v:.4f}" for k, v in summary.get("val", {}).items()
                       if k != "videos" and v is not None)
     log(f"trained {cfg.model} ({cfg.streams}/{cfg.fusion}) on {len(data.train)} videos: "
@@ -447,7 +436,7 @@ def evaluate(run_dir: str | os.PathLike, split: str = "test", metrics_path: str 
         log(f"warning: {note}")
     metrics, scores = score_rows(model, data, rows, cfg, meta, device)
     metrics = {"split": split, **metrics}
-    _write_json(Path(metrics_path or run / f"metrics_{split}.json"), metrics)
+    write_json(Path(metrics_path or run / f"metrics_{split}.json"), metrics)
     write_predictions(Path(predictions_path or run / f"predictions_{split}.csv"), data.labels, rows, scores)
     shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
     log(f"{run} on {split} ({len(rows)} videos): {shown}")

@@ -15,22 +15,13 @@ import torch
 import storage
 from extract import ExtractConfig, ExtractError, run
 from extract.backbone import build_model, load_backbone, state_digest
-from pipeline.synth import index_frames, write_video
-from tests.conftest import REPO, run_module
+from extract.synth import write_video
+from tests.testing import REPO, TINY_CLI, assert_same, index_frames, run_module, tiny
 
-# a random-init ViT-Tiny cut to 2 blocks on 32x32 inputs: real timm code, fast to build and run
-TINY = dict(model="vit_tiny_patch16_224", model_kwargs={"img_size": 32, "depth": 2}, pretrained=False,
-            batch_size=8, progress=False, videos_per_shard=2)
-TINY_CLI = ["--model", "vit_tiny_patch16_224", "--model-kwargs", json.dumps(TINY["model_kwargs"]),
-            "--no-pretrained", "--batch-size", "8", "--videos-per-shard", "2", "--no-progress"]
 VIDEOS = {  # id -> (frames, fps)
     "a.mp4": (50, 25), "b.mp4": (40, 10), "sub/c.mp4": (60, 30), "sub/deeper/d.mkv": (30, 15),
     "sub2/c.mp4": (24, 12),  # same file name as sub/c.mp4 in another folder: a distinct id
 }
-
-
-def tiny(**kw) -> ExtractConfig:
-    return ExtractConfig(**{**TINY, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -49,23 +40,6 @@ def reference(videos, tmp_path_factory) -> Path:
     s = run(tiny(), videos, out)
     assert s.ok and s.done == len(VIDEOS) and s.skipped == 0, s
     return out
-
-
-def content(cache: Path) -> dict:
-    c = storage.open_cache(cache)
-    return {v: (c.features(v), c.timestamps(v)) for v in c.video_ids}
-
-
-def assert_same(a: Path, b: Path, exact: bool = True) -> None:
-    ca, cb = content(a), content(b)
-    assert sorted(ca) == sorted(cb)
-    for v in ca:
-        np.testing.assert_array_equal(ca[v][1], cb[v][1])
-        if exact:
-            np.testing.assert_array_equal(ca[v][0], cb[v][0], err_msg=v)
-        else:
-            np.testing.assert_allclose(ca[v][0].astype(np.float32), cb[v][0].astype(np.float32),
-                                       rtol=2e-3, atol=2e-3, err_msg=v)
 
 
 def test_cache_has_every_video_with_fps_timestamps(reference):
@@ -142,6 +116,7 @@ def test_mismatched_fingerprint_is_refused(reference, videos):
         run(tiny(seed=1), videos, reference)
 
 
+@pytest.mark.slow
 def test_dask_workers_write_the_same_content(reference, videos, tmp_path):
     out = tmp_path / "dask"
     s = run(tiny(workers=2), videos, out)
@@ -151,6 +126,7 @@ def test_dask_workers_write_the_same_content(reference, videos, tmp_path):
     assert storage.verify(out).ok
 
 
+@pytest.mark.slow
 def test_bad_files_fail_alone_and_are_reported(tmp_path):
     vids = tmp_path / "videos"
     vids.mkdir()
@@ -182,6 +158,7 @@ def test_bad_files_fail_alone_and_are_reported(tmp_path):
     assert storage.verify(out).ok
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume_equals_uninterrupted(videos, tmp_path):
     args = ["--videos", videos, *TINY_CLI, "--videos-per-shard", "1", "--every", "3"]
     ref = tmp_path / "ref"
@@ -237,12 +214,12 @@ def test_local_weights_safetensors_and_state_dict(tmp_path):
         load_backbone(tiny(weights=str(tmp_path / "bad.pth")))
 
 
-def test_config_round_trips_as_params(tmp_path):
+def test_config_round_trips_as_params():
     cfg = tiny(every=4, max_frames=100, format="hdf5")
     d = json.loads(json.dumps(cfg.to_dict()))
     assert ExtractConfig.from_dict(d) == cfg
     assert cfg.sampling() == {"policy": "every", "every": 4, "max_frames": 100}
-    with pytest.raises(ExtractError, match="unknown extract setting"):
+    with pytest.raises(ExtractError, match=r"unknown extract setting.*'fsp' \(did you mean 'fps'\?\)"):
         ExtractConfig.from_dict({"fsp": 2})
     with pytest.raises(ExtractError, match="not both"):
         ExtractConfig(every=2, num_frames=3)

@@ -1,14 +1,17 @@
-"""The real `dvc repro` on a tiny demo, in a temporary copy of the repository."""
+"""dvc.yaml agrees with the stage scripts; the real `dvc repro` on a tiny demo, in a temporary copy."""
 
+import ast
+import importlib
 import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.testing import REPO
 
 TINY = {
     "demo": {"videos": 24, "min_seconds": 3, "max_seconds": 5, "fps": 5, "width": 64, "height": 48},
@@ -16,6 +19,57 @@ TINY = {
     "temporal": {"dim": 32, "heads": 2, "frames": 8, "epochs": 2, "batch_size": 8, "eval_views": 1},
     "efficiency": {"train_fractions": [0.5, 1.0]},
 }
+
+
+def stage_scripts() -> dict[str, Path]:
+    return {p.stem: p for p in (REPO / "pipeline" / "stages").glob("*.py") if p.stem != "__init__"}
+
+
+def imported_modules(path: Path) -> set[str]:
+    mods = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            mods.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            mods.add(node.module)
+    return mods
+
+
+def test_each_stage_depends_on_its_own_script_and_exactly_the_params_it_reads():
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    scripts = stage_scripts()
+    assert set(stages) == set(scripts)
+    for name, stage in stages.items():
+        stage = stage.get("do", stage)
+        deps = set(stage["deps"])
+        own = f"pipeline/stages/{name}.py"
+        assert stage["cmd"].startswith(f"python -m pipeline.stages.{name} "), name
+        assert own in deps and not {f"pipeline/stages/{s}.py" for s in scripts} - {own} & deps, name
+        for mod in imported_modules(scripts[name]):  # what the script imports is a dependency
+            top = mod.split(".")[0]
+            if top == "pipeline":
+                assert f"{mod.replace('.', '/')}.py" in deps, (name, mod)
+            elif top in ("extract", "temporal", "storage"):
+                assert top in deps, (name, mod)
+        if {"extract", "temporal"} & deps:
+            assert "storage" in deps, name  # both stages import it
+        module = importlib.import_module(f"pipeline.stages.{name}")
+        assert [str(p) for p in stage.get("params", [])] == module.PARAMS, name
+
+
+def test_stage_params_follow_the_config_classes():
+    """A new config field is a dependency of every stage that reads its section, unless excluded."""
+    from dataclasses import fields
+
+    from extract import ExtractConfig
+    from pipeline.stages import baseline, efficiency, extract
+    from temporal import Config
+
+    temporal = [f"temporal.{f.name}" for f in fields(Config)]
+    assert set(extract.PARAMS) | {f"extract.{n}" for n in extract.NOT_FEATURES} == \
+        {f"extract.{f.name}" for f in fields(ExtractConfig)}
+    assert set(baseline.PARAMS) | {f"temporal.{n}" for n in baseline.STAN_ONLY} == set(temporal)
+    assert set(efficiency.PARAMS) == set(temporal) - {"temporal.train_fraction"} | {"efficiency"}
 
 
 def sh(*cmd, cwd):
@@ -48,6 +102,7 @@ def dvc(*args, cwd):
     return sh(sys.executable, "-m", "dvc", *args, cwd=cwd)
 
 
+@pytest.mark.slow
 def test_dvc_repro_runs_the_pipeline_then_has_nothing_to_do(project):
     out = dvc("repro", cwd=project)
     stages = ("prepare", "extract", "train@order", "evaluate@content", "baseline@order", "efficiency@content")

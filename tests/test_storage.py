@@ -8,7 +8,7 @@ import zarr
 
 import storage
 from storage.shard import CorruptShardError
-from tests.conftest import run_module
+from tests.testing import run_module
 
 FP = {"model": "m", "fps": 1.0}
 
@@ -131,3 +131,95 @@ def test_video_id_is_relative_posix_and_valid_utf8(tmp_path):
     assert storage.video_id(tmp_path / "sub" / name, tmp_path) == "sub/caf\\xe9 clip.mp4"
     assert storage.video_id(tmp_path / "a" / "x.mp4", tmp_path) != storage.video_id(
         tmp_path / "b" / "x.mp4", tmp_path)
+
+
+def test_a_refused_writer_names_the_holder_even_before_it_wrote_its_pid(tmp_path, monkeypatch):
+    """The window test_faults' two-writers test once hit: the winner holds the flock, and `.lock`
+    still says nothing (or names a writer that was killed) until it writes its own pid."""
+    import fcntl
+    import subprocess
+    import sys
+    import threading
+
+    import storage.lock
+
+    root = tmp_path / "cache"
+    root.mkdir()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    (root / ".lock").write_text(f"pid {gone.stdout.strip()}")  # a killed writer's, never released
+    fd = os.open(root / ".lock", os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # the new holder: locked, its pid not written yet
+    late = threading.Timer(0.3, lambda: os.pwrite(fd, f"pid {os.getpid()}  ".encode(), 0))
+    late.start()
+    try:
+        with pytest.raises(storage.CacheBusy, match=f"being written by pid {os.getpid()};"):
+            storage.CacheWriter(root, dim=4, dtype="float16", fingerprint={})
+        os.ftruncate(fd, 0)  # a holder that never says who it is: named as such, after a short wait
+        monkeypatch.setattr(storage.lock, "HOLDER_WAIT", 0.2)
+        with pytest.raises(storage.CacheBusy, match="being written by another process;"):
+            storage.CacheWriter(root, dim=4, dtype="float16", fingerprint={})
+    finally:
+        late.join()
+        os.close(fd)
+    with storage.CacheWriter(root, dim=4, dtype="float16", fingerprint={}):
+        assert (root / ".lock").read_text() == f"pid {os.getpid()}"
+    assert (root / ".lock").read_text() == ""  # released: no pid left to mislead the next reader
+
+
+def test_settings_helpers_refuse_unknown_keys_and_read_optional_types():
+    from dataclasses import dataclass
+
+    from storage.settings import check_keys, field_types
+
+    @dataclass
+    class Opts:
+        frames: int | None = None
+        rate: float = 1.0
+        name: str = "x"
+        tags: tuple[str, ...] = ()
+
+    assert field_types(Opts) == {"frames": (int, type(None)), "rate": (float,), "name": (str,),
+                                 "tags": (tuple,)}
+    check_keys(Opts, {"frames": 3}, "option(s)")
+    with pytest.raises(KeyError, match=r"unknown option\(s\): 'frame' \(did you mean 'frames'\?\), 'zz'; "
+                                       "known: frames, rate, name, tags"):
+        check_keys(Opts, {"frame": 3, "zz": 1}, "option(s)", KeyError)
+
+
+def test_write_json_replaces_the_file_whole(tmp_path):
+    from storage.files import write_json
+
+    path = tmp_path / "sub" / "m.json"
+    write_json(path, {"b": 1, "a": [1.5]})
+    assert path.read_text() == '{\n  "b": 1,\n  "a": [\n    1.5\n  ]\n}\n'
+    write_json(path, {"b": 2, "a": 0}, sort_keys=True)
+    assert json.loads(path.read_text()) == {"a": 0, "b": 2} and path.read_text().index('"a"') < 10
+    assert [p.name for p in path.parent.iterdir()] == ["m.json"]  # no temporary file left
+
+
+def test_one_device_choice_for_both_stages():
+    import torch
+
+    from extract import ExtractConfig, ExtractError
+    from storage.device import DeviceError, is_device_name, pick_device
+    from temporal import Config, ConfigError
+
+    for name in ("auto", "cpu", "cuda", "cuda:1"):
+        assert is_device_name(name)
+        assert ExtractConfig(device=name).device == Config(device=name).device == name
+    for name in ("gpu", "cuda:", "cuda:x", "CPU", 0):
+        assert not is_device_name(name)
+    with pytest.raises(ExtractError, match="cuda:N"):
+        ExtractConfig(device="gpu")
+    with pytest.raises(ConfigError, match="cuda:N"):
+        Config(device="gpu")
+    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        assert pick_device("cuda:0") == torch.device("cuda:0")
+    else:
+        with pytest.raises(DeviceError, match="no CUDA device"):
+            pick_device("cuda:1")
+    with pytest.raises(DeviceError, match="got 'gpu'"):
+        pick_device("gpu")

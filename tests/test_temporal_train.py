@@ -10,7 +10,7 @@ import storage
 import temporal
 from temporal.synth import class_task, order_task, write_cache, write_labels
 from temporal.train import RunError
-from tests.conftest import run_module
+from tests.testing import run_module
 
 TINY = dict(dim=32, heads=4, depth_spatial=1, depth_temporal=1, depth_fusion=1, clip_len=2, frames=16,
             batch_size=8, lr=3e-3, warmup=1, dropout=0.0, eval_views=2)
@@ -63,6 +63,7 @@ def test_training_is_reproducible_with_a_seed(tmp_path):
     assert read_csv(other / "history.csv")[0]["train_loss"] != strip[0][0]["train_loss"]
 
 
+@pytest.mark.slow
 def test_saved_run_reloads_in_a_fresh_process_and_reproduces_its_metrics(tmp_path):
     cache, labels = class_task(tmp_path, videos=36, classes=3, lengths=(10, 50))
     out = tmp_path / "runs" / "x"
@@ -145,6 +146,7 @@ def test_evaluate_refuses_a_cache_with_another_fingerprint(tmp_path):
     assert temporal.evaluate(run, "test", cache_dir=cache, log=quiet)["videos"] == 4
 
 
+@pytest.mark.slow
 def test_cli_errors_are_clear(tmp_path):
     cache, labels = class_task(tmp_path, videos=12, classes=2)
     bad = tmp_path / "params.yaml"

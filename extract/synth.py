@@ -1,4 +1,4 @@
-"""Write small synthetic videos with PyAV (for the demo dataset and the tests)."""
+"""Write synthetic videos with PyAV: the demo dataset (pipeline/demo.py) and the tests make their own."""
 
 from __future__ import annotations
 
@@ -30,11 +30,3 @@ def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: floa
         if stream is not None:
             container.mux(stream.encode(None))
     return n
-
-
-def index_frames(n: int, size: tuple[int, int] = (64, 96)) -> Iterable[np.ndarray]:
-    """Frames whose mean brightness encodes their index, so a test can tell which frame it got."""
-    h, w = size
-    for i in range(n):
-        level = (i * 37) % 200 + 28
-        yield np.full((h, w, 3), level, dtype=np.uint8)

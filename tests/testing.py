@@ -1,21 +1,110 @@
-"""A factory of hostile inputs for the fault-injection tests: each entry is a real file (or
-directory, or symlink) made here, never taken from outside the test's temporary folder."""
+"""Helpers of the test suite (and bench/soak.py), in one place: run a module against this checkout,
+the tiny backbone, cache comparison, and real videos made here with PyAV, hostile ones included.
+
+Every input is a real file (or directory, or symlink) made inside the test's temporary folder,
+never taken from outside.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
 
-from pipeline.synth import index_frames, write_video
+from extract import ExtractConfig
+from extract.synth import write_video
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_module(module: str, *args: str, check: bool = True, timeout: float = 600,
+               **kw) -> subprocess.CompletedProcess:
+    """Run `python -m module args...` against this checkout (not an installed copy)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), **kw.pop("env", {})}
+    proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=timeout, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{module} {args} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+# ---------------------------------------------------------------------------------------------
+# the tiny backbone and cache comparison
+
+# a random-init ViT-Tiny cut to 2 blocks on 32x32 inputs: real timm code, fast to build and run
+TINY = dict(model="vit_tiny_patch16_224", model_kwargs={"img_size": 32, "depth": 2}, pretrained=False,
+            batch_size=8, progress=False, videos_per_shard=2)
+TINY_CLI = ["--model", "vit_tiny_patch16_224", "--model-kwargs", json.dumps(TINY["model_kwargs"]),
+            "--no-pretrained", "--batch-size", "8", "--videos-per-shard", "2", "--no-progress"]
+
+
+def tiny(**kw) -> ExtractConfig:
+    return ExtractConfig(**{**TINY, **kw})
+
+
+def content(cache: Path) -> dict:
+    import storage
+
+    c = storage.open_cache(cache)
+    return {v: (c.features(v), c.timestamps(v)) for v in c.video_ids}
+
+
+def assert_same(a: Path, b: Path, exact: bool = True) -> None:
+    ca, cb = content(a), content(b)
+    assert sorted(ca) == sorted(cb)
+    for v in ca:
+        np.testing.assert_array_equal(ca[v][1], cb[v][1])
+        if exact:
+            np.testing.assert_array_equal(ca[v][0], cb[v][0], err_msg=v)
+        else:
+            np.testing.assert_allclose(ca[v][0].astype(np.float32), cb[v][0].astype(np.float32),
+                                       rtol=2e-3, atol=2e-3, err_msg=v)
+
+
+# ---------------------------------------------------------------------------------------------
+# frames that say which frame they are
+
+
+def index_frames(n: int, size: tuple[int, int] = (64, 96)) -> Iterator[np.ndarray]:
+    """Frames whose mean brightness encodes their index, so a test can tell which frame it got."""
+    h, w = size
+    for i in range(n):
+        level = (i * 37) % 200 + 28
+        yield np.full((h, w, 3), level, dtype=np.uint8)
+
+
+def coded_frames(n: int, size: tuple[int, int] = (64, 96)) -> Iterator[np.ndarray]:
+    """Flat frames whose red and green levels spell the frame index (15 levels apart: codec-proof)."""
+    for i in range(n):
+        f = np.full((*size, 3), 128, dtype=np.uint8)
+        f[..., 0], f[..., 1] = (i % 16) * 15 + 10, (i // 16 % 16) * 15 + 10
+        yield f
+
+
+def which_frames(pix: np.ndarray) -> list[int]:
+    """Recover frame indices from the red and green levels of coded_frames."""
+    r = pix[..., 0].reshape(len(pix), -1).mean(1)
+    g = pix[..., 1].reshape(len(pix), -1).mean(1)
+    lo, hi = np.rint((r - 10) / 15), np.rint((g - 10) / 15)
+    assert np.all(np.abs(lo * 15 + 10 - r) < 5) and np.all(np.abs(hi * 15 + 10 - g) < 5)
+    return (hi * 16 + lo).astype(int).tolist()
+
+
+# ---------------------------------------------------------------------------------------------
+# hostile inputs for the fault-injection tests
+
 
 SIZE = (48, 64)
 
 
-def frames(n: int, size=SIZE, seed: int = 0):
+def textured_frames(n: int, size=SIZE, seed: int = 0) -> Iterator[np.ndarray]:
     """Textured frames (so that damaged bytes really damage the picture), brightness = index."""
     rng = np.random.default_rng(seed)
     noise = rng.integers(0, 40, (*size, 3), dtype=np.uint8)
@@ -25,7 +114,7 @@ def frames(n: int, size=SIZE, seed: int = 0):
 
 def good(path: Path, n: int = 30, fps: float = 10, size=SIZE, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_video(path, frames(n, size, seed), fps=fps)
+    write_video(path, textured_frames(n, size, seed), fps=fps)
     return path
 
 
@@ -42,7 +131,7 @@ def vfr(path: Path, n: int = 30) -> Path:
         s = _h264(c, 25)
         s.codec_context.time_base = Fraction(1, 1000)
         t = 0
-        for i, f in enumerate(frames(n)):
+        for i, f in enumerate(textured_frames(n)):
             vf = av.VideoFrame.from_ndarray(f, format="rgb24")
             vf.pts, vf.time_base = t, Fraction(1, 1000)
             t += 40 if i % 2 == 0 else 200
@@ -56,7 +145,7 @@ def rotated(path: Path, n: int = 20) -> Path:
     with av.open(str(path), "w") as c:
         s = _h264(c, 10)
         s.metadata["rotate"] = "90"
-        for f in frames(n):
+        for f in textured_frames(n):
             c.mux(s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
         c.mux(s.encode(None))
     return path

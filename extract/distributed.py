@@ -1,0 +1,142 @@
+"""The dask path: one task per group of videos = one shard, written by the worker, committed under a lease.
+
+The driver holds the cache lock and allocates the shard names; a worker decodes, embeds and writes
+its shard with `storage.ShardWriter`, and commits it only while the driver still holds the lock
+(`storage.lock.held_by`), so an orphaned worker of a killed run cannot commit a duplicate.
+Failures come back to the driver, which records them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import storage.lock
+from extract.backbone import load_backbone
+from extract.batcher import Extractor, set_threads
+from extract.config import ExtractConfig
+from extract.decoder import PKG_ROOT
+from extract.discover import Plan, VideoFile
+from extract.sink import ShardSink
+
+
+def lease_ok(root: Path, driver_pid: int, driver_host: str) -> bool:
+    """True if the driver that allocated our shard still holds the cache lock (checked before commit)."""
+    if driver_host != socket.gethostname():
+        return True  # cannot see another host's processes; the driver's lock still guards the cache
+    return storage.lock.held_by(root, driver_pid)
+
+
+_WORKER: dict = {}  # per worker process: the loaded backbone and the settings it was loaded for
+
+
+def shard_task(cfg_dict: dict, items: list[tuple[str, str]], shard_path: str, driver_pid: int,
+               driver_host: str, share: int) -> dict:
+    """Run on a dask worker: extract `items` [(path, id)] into the shard `shard_path`.
+
+    Returns {"committed": [ids], "failures": [(id, path, reason)], "frames": n, ...}; the driver
+    records the failures (it holds the cache lock).
+    """
+    cfg = ExtractConfig.from_dict(cfg_dict)
+    key = json.dumps(cfg_dict, sort_keys=True, default=str)
+    if _WORKER.get("key") != key:
+        set_threads(cfg, share)
+        _WORKER.clear()
+        _WORKER.update(key=key, bb=load_backbone(cfg))
+    bb = _WORKER["bb"]
+    videos = [VideoFile(p, i) for p, i in items]
+    path = Path(shard_path)
+    failures: list[tuple[str, str, str]] = []
+
+    def guard(p: Path) -> None:
+        if not lease_ok(p.parent.parent, driver_pid, driver_host):
+            raise RuntimeError(f"{p}: the extraction run that asked for this shard has ended; not committing")
+
+    sink = ShardSink([(path, list(range(len(videos))))], bb.dim, cfg.dtype, [v.id for v in videos],
+                     lambda i, r: failures.append((videos[i].id, videos[i].path, r)), before_commit=guard)
+    ex = Extractor(bb, cfg)
+    ex.process(videos, sink)
+    return {"committed": sink.done_ids, "failures": failures, "frames": ex.frames,
+            "model_seconds": ex.infer_seconds,
+            "notes": {videos[i].id: n for i, n in ex.notes.items()}}
+
+
+def on_worker(root: str, task: dict) -> dict:
+    """What a dask task runs: put the project folder on sys.path, then `shard_task(**task)`.
+
+    Standard library only, and submitted by value (see `by_value`), so that the scheduler, which
+    unpickles every task it is sent, does not need this project, and a worker on the same file
+    system runs it even where the project is not installed.
+    """
+    import importlib
+    import sys
+
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    return importlib.import_module("extract.distributed").shard_task(**task)
+
+
+def by_value(fn: Callable) -> Callable:
+    """A copy of `fn` that pickles by value: not the object `module.name` refers to, so plain
+    pickle refuses it and dask.distributed falls back to cloudpickle, which then ships its code."""
+    import cloudpickle
+
+    module = sys.modules[fn.__module__]
+    cloudpickle.register_pickle_by_value(module)
+    try:
+        return cloudpickle.loads(cloudpickle.dumps(fn))
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
+
+
+def shard_results(plan: Plan) -> Iterator[tuple[int, dict]]:
+    """Submit one task per group of `plan` to dask; yield (group index, shard_task's result) as each ends.
+
+    Uses the scheduler `plan.cfg.scheduler`, or a local cluster of `plan.cfg.workers` processes.
+    Closing the generator early cancels the tasks not yet done.
+    """
+    from distributed import Client, LocalCluster, as_completed
+
+    cfg = plan.cfg
+    cluster = None
+    if cfg.scheduler:
+        client = Client(cfg.scheduler)
+        share = 1
+    else:
+        # spawned worker processes must import this project even when it is not installed
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (PKG_ROOT, os.environ.get("PYTHONPATH")) if p)
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # workers load torch after this
+        cluster = LocalCluster(n_workers=cfg.workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None, silence_logs=40)
+        client = Client(cluster)
+        share = cfg.workers
+    try:
+        cfg_dict = cfg.to_dict()
+        cfg_dict.update(workers=0, scheduler=None, progress=False)
+        host, pid = socket.gethostname(), os.getpid()
+        task = by_value(on_worker)
+        futures = {}
+        for g, (group, shard) in enumerate(zip(plan.groups, plan.shards, strict=True)):
+            # plain data only, absolute paths: a worker's working directory is not ours
+            kw = {"cfg_dict": cfg_dict, "items": [(os.path.abspath(v.path), v.id) for v in group],
+                  "shard_path": str(shard.absolute()), "driver_pid": pid, "driver_host": host,
+                  "share": share}
+            fut = client.submit(task, PKG_ROOT, kw, key=f"extract-{shard.name}-{uuid.uuid4().hex[:8]}",
+                                pure=False)
+            futures[fut] = g
+        try:
+            for fut in as_completed(futures):
+                yield futures[fut], fut.result()
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()

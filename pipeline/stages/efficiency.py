@@ -1,0 +1,51 @@
+"""DVC stage `efficiency@<labelset>`: STAN and the linear probe on growing fractions of the train
+split, one CSV row each (params: every temporal.* key but train_fraction, which the sweep sets, and
+efficiency)."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import sys
+from pathlib import Path
+
+import temporal
+from pipeline.params import load_params, stage_parser
+
+PARAMS = [f"temporal.{f.name}" for f in dataclasses.fields(temporal.Config) if f.name != "train_fraction"]
+PARAMS.append("efficiency")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = stage_parser("efficiency", __doc__)
+    ap.add_argument("--cache", required=True)
+    ap.add_argument("--labels", required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--plot", type=Path, required=True)
+    ap.add_argument("--split", default="test")
+    a = ap.parse_args(argv)
+    params = load_params(a.params)
+    cfg = temporal.Config.from_dict(params.get("temporal") or {})
+    fractions = sorted(float(f) for f in (params.get("efficiency") or {}).get("train_fractions", [1.0]))
+    rows = []
+    for frac in fractions:
+        sub = cfg.replace(train_fraction=frac)
+        run = temporal.train(a.cache, a.labels, a.out / f"stan_{frac:g}", sub)
+        stan = temporal.evaluate(run, a.split)
+        probe = temporal.baseline(a.cache, a.labels, a.out / f"probe_{frac:g}", sub, mlp=False)
+        probe = probe["linear"][a.split]
+        row = {"train_fraction": frac}
+        for name, res in (("stan", stan), ("linear", probe)):
+            row.update({f"{name}_{k}": v for k, v in res.items() if isinstance(v, float)})
+        rows.append(row)
+    a.plot.parent.mkdir(parents=True, exist_ok=True)
+    with a.plot.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    print(f"data efficiency: {len(rows)} fractions -> {a.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

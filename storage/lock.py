@@ -1,0 +1,104 @@
+"""The cache's write lock: an exclusive `flock` on CACHE/.lock, with the holder's pid written inside.
+
+The file's content ("pid N") only names the holder for messages and for the dask lease; the
+flock alone decides who writes. This module is the one place that writes or reads that content.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import time
+from pathlib import Path
+
+LOCK = ".lock"
+HOLDER_WAIT = 2.0  # seconds a refused writer waits for the new holder to write its pid
+
+
+class Held(Exception):
+    """The lock is held by another process: `pid`, or None if it has not said who it is."""
+
+    def __init__(self, pid: int | None):
+        super().__init__(f"pid {pid}" if pid is not None else "another process")
+        self.pid = pid
+
+
+def acquire(path: Path, wait: bool) -> int:
+    """Take the exclusive lock on `path` (blocking if `wait`) and record our pid; returns the fd.
+
+    Raises Held if another process holds it (the new holder's pid is waited for HOLDER_WAIT s).
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except OSError as e:
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            os.close(fd)
+            raise
+        pid = _wait_for_holder(fd)
+        os.close(fd)
+        raise Held(pid) from None
+    record = f"pid {os.getpid()}".encode()
+    os.pwrite(fd, record, 0)  # overwrite in place, then cut: the file is never empty while held
+    os.ftruncate(fd, len(record))
+    return fd
+
+
+def release(fd: int) -> None:
+    """Clear the pid (a later reader must not take it for a live holder), then drop the lock."""
+    try:
+        os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+def holder_pid(fd: int) -> int | None:
+    """The pid recorded in an open lock file, or None if there is none."""
+    text = os.pread(fd, 64, 0).decode(errors="replace").strip()
+    kind, _, pid = text.partition(" ")
+    return int(pid) if kind == "pid" and pid.isdigit() else None
+
+
+def _wait_for_holder(fd: int) -> int | None:
+    """The new holder's pid: it takes the flock first and writes its pid just after, so wait a little.
+
+    A pid left by a holder that was killed (no `release`) is not believed while that process is gone.
+    """
+    deadline = time.monotonic() + HOLDER_WAIT
+    while True:
+        pid = holder_pid(fd)
+        if pid is not None and _alive(pid):
+            return pid
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.02)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def held_by(root: str | os.PathLike, pid: int) -> bool:
+    """True if process `pid` (on this host) holds the write lock of the cache at `root` right now."""
+    try:
+        fd = os.open(Path(root) / LOCK, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        if holder_pid(fd) != pid:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True  # held exclusively: by `pid`, which wrote its pid after taking it
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False  # nobody holds it: `pid` is gone
+    finally:
+        os.close(fd)
