@@ -1,6 +1,6 @@
 """Learning levers, measured: every (task, variant, seed, train fraction) trained and scored on test.
 
-    python bench/learn.py --cache cache_eb --labels data/eventbench/labels --tasks order,count,where,content \\
+    python bench/learn.py --cache eventbench/cache --labels eventbench/data/labels --tasks order,where \\
         --variant defaults: --variant 'full:frames=128' --variant 'pre:frames=128,pretrain_epochs=100' \\
         --seeds 0,1,2 --fractions 0.25,1.0 --out runs/learn --jobs 2
 
@@ -88,10 +88,13 @@ def summarise(results: list[dict], tasks: dict[str, str]) -> dict:
     for r in results:
         metric = MAIN[tasks[r["task"]]]
         v = r["test"].get(metric)
-        table.setdefault(r["task"], {}).setdefault(r["variant"], {}).setdefault(f"{r['fraction']:g}", []).append(
-            np.nan if v is None else v)
-    return {t: {v: {f: {"mean": round(float(np.nanmean(x)), 4), "std": round(float(np.nanstd(x)), 4), "n": len(x)}
-                    for f, x in fr.items()} for v, fr in vs.items()} for t, vs in table.items()}
+        cell = table.setdefault(r["task"], {}).setdefault(r["variant"], {})
+        cell.setdefault(f"{r['fraction']:g}", []).append(np.nan if v is None else v)
+
+    def stats(x: list[float]) -> dict:
+        return {"mean": round(float(np.nanmean(x)), 4), "std": round(float(np.nanstd(x)), 4), "n": len(x)}
+
+    return {t: {v: {f: stats(x) for f, x in fr.items()} for v, fr in vs.items()} for t, vs in table.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,10 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     path = out / "results.jsonl"
     done = [json.loads(line) for line in path.open()] if path.exists() else []
     have = {(r["task"], r["variant"], r["seed"], r["fraction"]) for r in done}
-    jobs = [{"cache": a.cache, "labels": a.labels, "out": str(out), "task": t, "variant": v, "overrides": o,
-             "seed": int(s), "fraction": float(f)}
-            for f in a.fractions.split(",") for s in a.seeds.split(",") for v, o in known.items() for t in tasks
-            if (t, v, int(s), float(f)) not in have]
+    grid = [(t, v, int(s), float(f)) for f in a.fractions.split(",") for s in a.seeds.split(",")
+            for v in known for t in tasks]
+    jobs = [{"cache": a.cache, "labels": a.labels, "out": str(out), "task": t, "variant": v,
+             "overrides": known[v], "seed": s, "fraction": f} for t, v, s, f in grid if (t, v, s, f) not in have]
     print(f"{len(jobs)} runs to do, {len(have)} already done", file=sys.stderr)
     with ProcessPoolExecutor(max_workers=a.jobs) as pool:
         for res in pool.map(run_one, jobs):

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.synth import write_video
+from extract.synth import write_video
 
 SCENES = {  # content label -> its filler photos (scikit-image)
     "texture": ("grass", "gravel", "brick"),

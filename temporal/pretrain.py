@@ -25,19 +25,19 @@ from torch import nn
 from tqdm import tqdm
 
 import storage
+from storage.device import pick_device
+from storage.files import write_json
 from temporal.config import Config, ConfigError, as_config
 from temporal.data import Videos, principal_components
 from temporal.model import build_model, sinusoid
 from temporal.train import (
     RunError,
     _write_history,
-    _write_json,
     augment,
     feature_std,
     lr_at,
     optimizer_step,
     param_groups,
-    pick_device,
     train_batch,
 )
 
@@ -124,7 +124,7 @@ def pretrain(cache_dir: str | os.PathLike, out_dir: str | os.PathLike, config: C
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
              if not k.startswith("heads.")}
     save_file(state, str(out / "model.safetensors"))
-    _write_json(out / "config.json", {
+    write_json(out / "config.json", {
         "format": PRETRAIN_FORMAT, "kind": "pretrain", "in_dim": videos.dim, "videos": len(ids),
         "targets": int(proj_t.shape[1]), "fingerprint": cache.fingerprint, "cache": str(cache_dir),
         "config": cfg.to_dict(), "final_loss": history[-1]["loss"],

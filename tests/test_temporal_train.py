@@ -223,7 +223,8 @@ def test_pretraining_reconstructs_the_timeline_and_fine_tuning_starts_from_it(tm
     before, after = load_file(str(pre / "model.safetensors")), load_file(str(run / "model.safetensors"))
     assert set(before) < set(after)  # the head is new
     with pytest.raises(temporal.ConfigError, match="another architecture: dim=32"):
-        temporal.train(cache, labels, tmp_path / "bad", {**cfg, "dim": 64}, epochs=1, init=str(pre), log=quiet)
+        temporal.train(cache, labels, tmp_path / "bad", {**cfg, "dim": 64}, epochs=1, init=str(pre),
+                       log=quiet)
 
 
 def test_full_length_evaluation_warns_when_training_saw_fewer_frames(tmp_path):
