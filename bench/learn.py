@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     grid = [(t, v, int(s), float(f)) for f in a.fractions.split(",") for s in a.seeds.split(",")
             for v in known for t in tasks]
     jobs = [{"cache": a.cache, "labels": a.labels, "out": str(out), "task": t, "variant": v,
-             "overrides": known[v], "seed": s, "fraction": f} for t, v, s, f in grid if (t, v, s, f) not in have]
+             "overrides": known[v], "seed": s, "fraction": f}
+            for t, v, s, f in grid if (t, v, s, f) not in have]
     print(f"{len(jobs)} runs to do, {len(have)} already done", file=sys.stderr)
     with ProcessPoolExecutor(max_workers=a.jobs) as pool:
         for res in pool.map(run_one, jobs):
