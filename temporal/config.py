@@ -21,7 +21,7 @@ CHOICES = {
     "streams": ("both", "spatial", "temporal"),
     "fusion": ("cross", "concat", "sum", "late"),
     "time_encoding": ("timestamp", "index", "none"),
-    "pool": ("cls", "mean"),
+    "pool": ("cls", "mean", "both"),
     "task": ("auto", "single", "multi", "regression"),
     "sampling": ("uniform", "window"),
     "eval_mode": ("views", "full"),
@@ -43,7 +43,7 @@ class Config:
     mlp_ratio: float = 4.0
     dropout: float = 0.1
     time_encoding: str = "timestamp"  # timestamp (seconds) | index (frame position) | none
-    pool: str = "cls"  # a stream's summary: its CLS token | the mean of its frame tokens
+    pool: str = "cls"  # a stream's summary: its CLS token | the mean of its frame tokens | both
     pca_dims: int = 0  # >0: STAN reads the frames' leading principal components (whitened), 0: raw features
     # --- data ---
     task: str = "auto"  # auto | single | multi | regression

@@ -208,16 +208,17 @@ class STAN(nn.Module):
                 for _ in range(cfg.depth_fusion)
             )
         if self.fusion == "late":
-            self.heads = nn.ModuleList([head(d, d, out_dim, cfg.dropout), head(d, d, out_dim, cfg.dropout)])
+            one = self.embed_dim // 2
+            self.heads = nn.ModuleList([head(one, d, out_dim, cfg.dropout), head(one, d, out_dim, cfg.dropout)])
         else:
-            width = 2 * d if self.fusion in ("cross", "concat") else d
-            self.heads = nn.ModuleList([head(width, d, out_dim, cfg.dropout)])
+            self.heads = nn.ModuleList([head(self.embed_dim, d, out_dim, cfg.dropout)])
         self.apply(_init)
         for enc in (s.encoder for s in (self.spatial, self.temporal) if s is not None):
             nn.init.normal_(enc.cls, std=0.02)
 
     def readout(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """A stream's summary [B, d]: its CLS token, or the mean of its frame tokens (`pool: mean`).
+        """A stream's summary: its CLS token [B, d], the mean of its frame tokens [B, d], or both
+        side by side [B, 2d] (`pool`: cls | mean | both).
 
         After a block's MLP each frame token is a nonlinear function of (content, time), so their
         mean already differs between two videos holding the same frames in another order; a CLS
@@ -227,12 +228,14 @@ class STAN(nn.Module):
         if self.cfg.pool == "cls":
             return tokens[:, 0]
         m = mask[:, 1:, None].to(tokens.dtype)
-        return (tokens[:, 1:] * m).sum(1) / m.sum(1).clamp(min=1)
+        mean = (tokens[:, 1:] * m).sum(1) / m.sum(1).clamp(min=1)
+        return mean if self.cfg.pool == "mean" else torch.cat([tokens[:, 0], mean], dim=-1)
 
     @property
     def embed_dim(self) -> int:
         """Width of `embed`'s output: both CLS tokens side by side, except for sum and one stream."""
-        return self.cfg.dim if self.fusion in ("sum", "single") else 2 * self.cfg.dim
+        width = 2 * self.cfg.dim if self.cfg.pool == "both" else self.cfg.dim
+        return width if self.fusion in ("sum", "single") else 2 * width
 
     def embed(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The video's representation [B, embed_dim], what the head reads (and pre-training trains)."""
@@ -252,7 +255,7 @@ class STAN(nn.Module):
         """Logits [B, out] from features x [B,T,D], timestamps t [B,T], mask [B,T] (True = real)."""
         z = self.embed(x, t, mask)
         if self.fusion == "late":
-            d = self.cfg.dim
+            d = z.shape[1] // 2
             return (self.heads[0](z[:, :d]) + self.heads[1](z[:, d:])) / 2
         return self.heads[0](z)
 
