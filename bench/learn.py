@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fractions", default="1.0")
     ap.add_argument("--out", required=True)
     ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--only", help="run only these variants (comma-separated); the others serve as bases")
     a = ap.parse_args(argv)
 
     from temporal.labels import read_labels
@@ -121,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     path = out / "results.jsonl"
     done = [json.loads(line) for line in path.open()] if path.exists() else []
     have = {(r["task"], r["variant"], r["seed"], r["fraction"]) for r in done}
+    run = a.only.split(",") if a.only else list(known)
     grid = [(t, v, int(s), float(f)) for f in a.fractions.split(",") for s in a.seeds.split(",")
-            for v in known for t in tasks]
+            for v in run for t in tasks]
     jobs = [{"cache": a.cache, "labels": a.labels, "out": str(out), "task": t, "variant": v,
              "overrides": known[v], "seed": s, "fraction": f}
             for t, v, s, f in grid if (t, v, s, f) not in have]
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             metric = MAIN[tasks[res["task"]]]
             print(f"{res['task']:8s} {res['variant']:14s} seed {res['seed']} frac {res['fraction']:g}: "
                   f"{metric} {res['test'].get(metric)}", file=sys.stderr, flush=True)
-    wanted = {(t, v) for t in tasks for v in known}
+    wanted = {(t, v) for t in tasks for v in run}
     print(json.dumps(summarise([r for r in done if (r["task"], r["variant"]) in wanted], tasks)))
     return 0
 
