@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--only", help="run only these variants (comma-separated); the others serve as bases")
+    ap.add_argument("--md", action="store_true", help="also print the summary as a Markdown table")
     a = ap.parse_args(argv)
 
     from temporal.labels import read_labels
@@ -138,8 +139,27 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{res['task']:8s} {res['variant']:14s} seed {res['seed']} frac {res['fraction']:g}: "
                   f"{metric} {res['test'].get(metric)}", file=sys.stderr, flush=True)
     wanted = {(t, v) for t in tasks for v in run}
-    print(json.dumps(summarise([r for r in done if (r["task"], r["variant"]) in wanted], tasks)))
+    summary = summarise([r for r in done if (r["task"], r["variant"]) in wanted], tasks)
+    if a.md:
+        print(markdown(summary, tasks, run))
+    print(json.dumps(summary))
     return 0
+
+
+def markdown(summary: dict, tasks: dict[str, str], variants: list[str]) -> str:
+    """One row per variant and train fraction, one column per task: mean ± std (seeds)."""
+    fracs = sorted({f for t in summary.values() for v in t.values() for f in v}, key=float, reverse=True)
+    head = [f"{t} ({MAIN[k]})" for t, k in tasks.items()]
+    lines = ["| variant | labels | " + " | ".join(head) + " |", "|---|---|" + "---|" * len(head)]
+    for v in variants:
+        for f in fracs:
+            cells = []
+            for t in tasks:
+                c = summary.get(t, {}).get(v, {}).get(f)
+                cells.append("–" if c is None else f"{c['mean']:.3f} ± {c['std']:.3f} (n={c['n']})")
+            if any(c != "–" for c in cells):
+                lines.append(f"| {v} | {float(f):.0%} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,8 @@
 """Every model, data and training option of stage two, as one flat dataclass.
 
+The defaults are the configuration measured best on the events benchmark (docs/ablations.md);
+params.yaml repeats them, so `python -m temporal train` and `dvc repro` train the same model.
+
 The field names are the keys of the `temporal:` section of params.yaml, so keep them plain and stable.
 """
 
@@ -34,16 +37,16 @@ class Config:
     model: str = "stan"  # stan | meanpool (mean-pooled features -> MLP, trained by the same loop)
     streams: str = "both"  # both | spatial | temporal
     fusion: str = "cross"  # cross | concat | sum | late (used when streams == both)
-    dim: int = 256  # d, the width of both streams
+    dim: int = 128  # d, the width of both streams
     heads: int = 4
-    depth_spatial: int = 2  # L_s
-    depth_temporal: int = 2  # L_t
+    depth_spatial: int = 1  # L_s
+    depth_temporal: int = 1  # L_t
     depth_fusion: int = 1  # L_f (bidirectional cross-attention blocks; fusion == cross only)
-    clip_len: int = 4  # k: frames per temporal-stream clip (strided Conv1d)
+    clip_len: int = 1  # k: frames per temporal-stream clip (strided Conv1d); >1 blurs 1-frame changes
     mlp_ratio: float = 4.0
     dropout: float = 0.1
     time_encoding: str = "timestamp"  # timestamp (seconds) | index (frame position) | none
-    pool: str = "cls"  # a stream's summary: its CLS token | the mean of its frame tokens | both
+    pool: str = "both"  # a stream's summary: its CLS token | the mean of its frame tokens | both
     pca_dims: int = 0  # >0: STAN reads the frames' leading principal components (whitened), 0: raw features
     # --- data ---
     task: str = "auto"  # auto | single | multi | regression
@@ -57,13 +60,13 @@ class Config:
     aug_drop: float = 0.0  # training: probability of masking out each sampled frame
     init: str = ""  # a `python -m temporal pretrain` run to start from ("" = random init)
     # --- optimisation ---
-    epochs: int = 30
-    batch_size: int = 16
-    lr: float = 3e-4
+    epochs: int = 60
+    batch_size: int = 8
+    lr: float = 1e-3
     weight_decay: float = 0.05
     warmup: float = 1.0  # epochs of linear warm-up, then cosine decay to lr / 10
     grad_clip: float = 1.0  # max gradient norm; 0 disables
-    patience: int = 5  # epochs without improvement of `monitor` on val before stopping; 0 disables
+    patience: int = 20  # epochs without improvement of `monitor` on val before stopping; 0 disables
     monitor: str = "loss"  # val loss, or a val metric name (accuracy, macro_f1, map, mse, r2, ...)
     seed: int = 0
     device: str = "auto"  # auto (cuda if present) | cpu | cuda | cuda:N (storage.device.pick_device)

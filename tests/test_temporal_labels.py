@@ -164,3 +164,11 @@ def test_r2_of_a_constant_target_is_undefined_not_zero():
     y = np.full(5, 3.0)
     assert compute_metrics("regression", y, y + 0.1)["r2"] is None
     assert compute_metrics("regression", y, y)["r2"] is None
+
+
+def test_params_yaml_trains_what_the_cli_trains():
+    # one set of defaults: `python -m temporal train` with no options and `dvc repro` agree
+    from tests.testing import REPO
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())["temporal"]
+    assert Config.from_dict(params) == Config()
