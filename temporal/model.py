@@ -209,7 +209,7 @@ class STAN(nn.Module):
             )
         if self.fusion == "late":
             one = self.embed_dim // 2
-            self.heads = nn.ModuleList([head(one, d, out_dim, cfg.dropout), head(one, d, out_dim, cfg.dropout)])
+            self.heads = nn.ModuleList(head(one, d, out_dim, cfg.dropout) for _ in range(2))
         else:
             self.heads = nn.ModuleList([head(self.embed_dim, d, out_dim, cfg.dropout)])
         self.apply(_init)
