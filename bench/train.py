@@ -39,9 +39,10 @@ import torch
 
 import storage
 import temporal
+from storage.device import pick_device
 from temporal.data import Videos
 from temporal.synth import write_cache, write_labels
-from temporal.train import Data, autocast, loss_fn, param_groups, pick_device, train_batch
+from temporal.train import autocast, loss_fn, optimizer_step, param_groups, train_batch
 
 LENGTHS = (120, 750, 3000)
 MODEL_KEYS = ("streams", "fusion", "dim", "depth_spatial", "depth_temporal", "depth_fusion", "heads",
@@ -68,7 +69,6 @@ def step_split(cache: Path, labels: Path, cfg: temporal.Config, steps: int) -> d
     device = pick_device(cfg.device)
     lab = temporal.read_labels(labels)
     videos = Videos(storage.open_cache(cache), lab.ids)
-    data = Data(lab, videos, lab.rows("train"), [], [], {})
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     model = temporal.build_model(cfg, videos.dim, len(lab.classes)).to(device).train()
@@ -79,17 +79,13 @@ def step_split(cache: Path, labels: Path, cfg: temporal.Config, steps: int) -> d
         rows = rng.choice(len(lab), size=cfg.batch_size, replace=False)
         sync(device)
         t0 = time.perf_counter()
-        x, t, m = train_batch(data, rows, cfg, rng, device)
+        x, t, m = train_batch(videos, rows, cfg, rng, device)
         y = y_all[torch.from_numpy(rows)].to(device)
         sync(device)
         t1 = time.perf_counter()
         with autocast(device):
             logits = model(x, t, m)
-        loss = loss_fn("single", logits, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
+        optimizer_step(opt, model, loss_fn("single", logits, y), cfg.lr, cfg.grad_clip)
         sync(device)
         t2 = time.perf_counter()
         if s >= 2:
@@ -150,10 +146,7 @@ def memory_child(length: int, frames: int, cfg: temporal.Config, in_dim: int) ->
     def step():
         with autocast(device):
             logits = model(x, t, m)
-        loss = loss_fn("single", logits, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        optimizer_step(opt, model, loss_fn("single", logits, y), cfg.lr, 0.0)
 
     step()  # allocates AdamW state and warms kernels: not part of a step's working memory
     opt.zero_grad(set_to_none=True)
