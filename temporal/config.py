@@ -46,7 +46,7 @@ class Config:
     mlp_ratio: float = 4.0
     dropout: float = 0.1
     time_encoding: str = "timestamp"  # timestamp (seconds) | index (frame position) | none
-    pool: str = "both"  # a stream's summary: its CLS token | the mean of its frame tokens | both
+    pool: str = "mean"  # a stream's summary: its CLS token | the mean of its frame tokens | both
     pca_dims: int = 0  # >0: STAN reads the frames' leading principal components (whitened), 0: raw features
     # --- data ---
     task: str = "auto"  # auto | single | multi | regression
