@@ -1,7 +1,8 @@
 """The HDF5 shard backend: one file, netCDF-style dimension scales, chunks no larger than the data.
 
-A shard that fits in one chunk is stored contiguously at its exact size (no chunk padding); a
-larger one in (chunk, D) chunks, so at most one partly filled chunk per shard.
+A shard smaller than the writer's buffer (`chunk` rows) is stored contiguously at its exact size;
+a larger one in chunks of a quarter of that, so the one partly filled chunk at the end wastes at
+most chunk/4 rows (HDF5 allocates whole chunks; Zarr compresses the padding away).
 """
 
 from __future__ import annotations
@@ -39,10 +40,10 @@ class Writer:
                 f.create_dataset("timestamps", data=times)
                 self.rows = end
                 return
+            rows = max(1, self.chunk // 4)
             f.create_dataset("features", shape=(0, self.dim), maxshape=(None, self.dim),
-                             chunks=(self.chunk, self.dim), dtype=self.dtype)
-            f.create_dataset("timestamps", shape=(0,), maxshape=(None,), chunks=(self.chunk,),
-                             dtype="float32")
+                             chunks=(rows, self.dim), dtype=self.dtype)
+            f.create_dataset("timestamps", shape=(0,), maxshape=(None,), chunks=(rows,), dtype="float32")
         f["features"].resize(end, axis=0)
         f["timestamps"].resize(end, axis=0)
         f["features"][self.rows:end] = feats

@@ -41,7 +41,7 @@ class Writer:
                     a[:] = data.astype(object)
             else:
                 self.root.create_array(name, data=data, dimension_names=(dim,))
-        self.root.attrs.update(attrs)
+        self.root.update_attributes(attrs)  # one metadata write, not one per key
         with warnings.catch_warnings():  # "consolidated metadata is not in the v3 spec (yet)"
             warnings.simplefilter("ignore", UserWarning)
             zarr.consolidate_metadata(str(self.path))

@@ -179,7 +179,7 @@ def test_small_hdf5_shards_are_no_larger_than_zarr(tmp_path):
         return p.stat().st_size if p.is_file() else sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
 
     rng = np.random.default_rng(0)
-    for frames in (38, 300, 1024):
+    for frames in (38, 300, 1024):  # up to one writer buffer; beyond it see bench/cache_scale.py
         sizes = {}
         for fmt in ("zarr", "hdf5"):
             with storage.CacheWriter(tmp_path / f"{fmt}{frames}", dim=768, dtype="float16",
