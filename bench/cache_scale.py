@@ -3,10 +3,12 @@
     python bench/cache_scale.py                          # 100,000 videos in 10,000 shards, zarr and hdf5
     python bench/cache_scale.py --videos 10000 --shards 1000 --formats hdf5
 
-Builds each cache synthetically through the real writer (CacheWriter, ShardWriter.commit: shard,
-fsync, rename, index entry), then in a fresh process (so nothing is warm in Python, though the
-page cache is): the time to `open_cache`, the descriptors open after it, the time to read one
-video, and `reads` random videos with the most descriptors ever open during them. Then the
+Builds each cache synthetically through the real writer (a CacheWriter allocates the shards,
+`--jobs` processes write and commit them with ShardWriter as distributed workers do: shard, fsync,
+rename, index entry; the CacheWriter packs the index when it closes), then in a fresh process
+(so nothing is warm in Python, though the page cache is): the time to `open_cache`, the
+descriptors open after it, the time to read one video (the first read also imports the format
+library), and `reads` random videos with the most descriptors ever open during them. Then the
 bytes of single shards of 38 to 5000 frames at D=768 in both formats (HDF5 over Zarr).
 """
 
@@ -32,18 +34,28 @@ import storage  # noqa: E402
 FP = {"model": "synthetic", "fps": 1.0}
 
 
-def build(root: Path, fmt: str, videos: int, shards: int, frames: int, dim: int) -> dict:
-    rng = np.random.default_rng(0)
-    feats = rng.standard_normal((frames, dim)).astype("float16")
+def write_shard(path: str, first: int, last: int, frames: int, dim: int) -> None:
+    """One worker's task, as in a distributed extraction: write and commit one allocated shard."""
+    feats = np.random.default_rng(first).standard_normal((frames, dim)).astype("float16")
     times = np.arange(frames, dtype="float32")
+    sw = storage.ShardWriter(path, dim, "float16", fingerprint=FP)
+    for v in range(first, last):
+        sw.add(f"d{v // 1000:03d}/v{v:06d}.mp4", feats, times)
+    sw.commit()
+
+
+def build(root: Path, fmt: str, videos: int, shards: int, frames: int, dim: int, jobs: int) -> dict:
+    from concurrent.futures import ProcessPoolExecutor
+
     per = -(-videos // shards)
     t0 = time.perf_counter()
-    with storage.CacheWriter(root, dim=dim, dtype="float16", fingerprint=FP) as w:
-        for s in range(shards):
-            sw = w.shard_writer(w.allocate_shard(fmt))
-            for v in range(s * per, min(videos, (s + 1) * per)):
-                sw.add(f"d{v // 1000:03d}/v{v:06d}.mp4", feats, times)
-            sw.commit()
+    # commits wait on fsync more than on the CPU: several writer processes keep the disk busy
+    with storage.CacheWriter(root, dim=dim, dtype="float16", fingerprint=FP) as w, \
+            ProcessPoolExecutor(jobs) as pool:
+        tasks = [(str(w.allocate_shard(fmt)), s * per, min(videos, (s + 1) * per), frames, dim)
+                 for s in range(shards)]
+        for f in [pool.submit(write_shard, *t) for t in tasks]:
+            f.result()
     seconds = time.perf_counter() - t0
     size = sum(f.stat().st_size for f in (root / "shards").rglob("*") if f.is_file())
     return {"build_s": round(seconds, 1), "shard_bytes": size}
@@ -104,6 +116,7 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=32)
     ap.add_argument("--reads", type=int, default=2000)
     ap.add_argument("--formats", default="zarr,hdf5")
+    ap.add_argument("--jobs", type=int, default=8, help="shard-writing processes")
     ap.add_argument("--workdir", help="keep the caches here (default: a temporary folder, removed)")
     ap.add_argument("--measure", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -116,7 +129,7 @@ def main() -> None:
         for fmt in args.formats.split(","):
             root = work / fmt
             shutil.rmtree(root, ignore_errors=True)
-            res = build(root, fmt, args.videos, args.shards, args.frames, args.dim)
+            res = build(root, fmt, args.videos, args.shards, args.frames, args.dim, args.jobs)
             cmd = [sys.executable, __file__, "--measure", str(root), "--reads", str(args.reads)]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
             res.update(json.loads(proc.stdout))

@@ -1,7 +1,7 @@
 """A cache folder: `cache.json`, committed shards with their index, and `failures.jsonl`.
 
     cache.json        format version, dim, dtype, fingerprint (compared), provenance (recorded)
-    .lock             flock held by the one writer
+    .lock             flock held by the one writer (its pid inside while held, empty after)
     failures.jsonl    append-only; the latest line per video id counts
     shards/           part-NNNNN.zarr | part-NNNNN.h5
     index/            one entry per committed shard (storage/index.py); index.json packs them
@@ -362,5 +362,9 @@ def lock(root: Path, wait: bool = False) -> int:
 
 
 def unlock(fd: int) -> None:
+    # Empty again, as before the run: a run that changed nothing leaves the folder byte-identical
+    # (DVC tracks it). Emptied while still held, so nobody else can be writing its pid meanwhile.
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
     os.close(fd)  # closing releases the flock
 
