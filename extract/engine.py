@@ -76,8 +76,11 @@ class ShardSink:
     def __init__(self, groups: list[tuple[Path, list[int]]], dim: int, dtype: str, ids: list[str],
                  on_failure: Callable[[int, str], None],
                  before_commit: Callable[[Path], None] | None = None,
-                 on_commit: Callable[[Path, list[str]], None] | None = None):
+                 on_commit: Callable[[Path, list[str]], None] | None = None,
+                 fingerprint: dict | None = None, provenance: dict | None = None):
         self.groups = groups
+        # what produced the features (the cache refuses other settings) and where: in each shard
+        self.fingerprint, self.provenance = fingerprint, provenance
         self.dim, self.dtype, self.ids = dim, dtype, ids
         self.on_failure, self.before_commit, self.on_commit = on_failure, before_commit, on_commit
         self.where = {item: (g, k) for g, (_, items) in enumerate(groups) for k, item in enumerate(items)}
@@ -107,7 +110,9 @@ class ShardSink:
             r = res.pop(self.next_pos[g])
             if r is not None:
                 if self.writers[g] is None:
-                    self.writers[g] = storage.ShardWriter(path, self.dim, self.dtype)
+                    self.writers[g] = storage.ShardWriter(path, self.dim, self.dtype,
+                                                          fingerprint=self.fingerprint,
+                                                          provenance=self.provenance)
                 self.writers[g].add(self.ids[items[self.next_pos[g]]], *r)
             self.next_pos[g] += 1
         if self.next_pos[g] == len(items):
@@ -404,7 +409,8 @@ def _run_local(cfg, bb, cache, pending, groups, paths, summary, procs) -> None:
         fps = ex.frames / dt if dt else 0.0
         bar.set_postfix_str(f"{ex.frames} frames, {fps:.1f} frames/s", refresh=False)
 
-    sink = ShardSink(spans, bb.dim, cfg.dtype, ids, failed, on_commit=committed)
+    sink = ShardSink(spans, bb.dim, cfg.dtype, ids, failed, on_commit=committed,
+                     fingerprint=bb.fingerprint(cfg), provenance=provenance(bb))
     try:
         ex.process(pending, sink, on_video=tick, procs=list(procs))
     finally:
@@ -475,7 +481,8 @@ def shard_task(cfg_dict: dict, items: list[tuple[str, str]], shard_path: str, dr
             raise RuntimeError(f"{p}: the extraction run that asked for this shard has ended; not committing")
 
     sink = ShardSink([(path, list(range(len(videos))))], bb.dim, cfg.dtype, [v.id for v in videos],
-                     lambda i, r: failures.append((videos[i].id, videos[i].path, r)), before_commit=guard)
+                     lambda i, r: failures.append((videos[i].id, videos[i].path, r)), before_commit=guard,
+                     fingerprint=bb.fingerprint(cfg), provenance=provenance(bb))
     ex = Extractor(bb, cfg)
     ex.process(videos, sink)
     return {"committed": sink.done_ids, "failures": failures, "frames": ex.frames,
