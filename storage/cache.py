@@ -75,7 +75,8 @@ def read_failures(root: str | os.PathLike) -> dict[str, dict]:
 
 def _load_index(root: Path) -> tuple[list[dict], bool]:
     entries, current = index.load_with_state(root)
-    if not entries and any(SHARD_NAME.match(n) for n in _listdir(root / "shards")):
+    lost = not (root / index.INDEX_DIR).is_dir()  # made with the cache: absent = lost (or never made)
+    if lost and any(SHARD_NAME.match(n) for n in _listdir(root / "shards")):
         raise CacheError(f"{root}: the shards have no index; {rebuild_hint(root)}")
     return sorted(entries.values(), key=lambda e: shard_number(e["shard"])), current
 
@@ -250,9 +251,12 @@ class CacheWriter:
         self.root = Path(root)
         self.dim, self.dtype = int(dim), str(np.dtype(dtype).name)
         self.fingerprint, self.provenance = fingerprint, provenance or {}
+        fresh = not (self.root / "shards").is_dir()
         (self.root / "shards").mkdir(parents=True, exist_ok=True)
         self._lock_fd = lock(self.root, wait=wait)
         try:
+            if fresh:
+                (self.root / index.INDEX_DIR).mkdir(exist_ok=True)
             entries, _ = _load_index(self.root)
             self._init_info(entries)
             self._clean_uncommitted({e["shard"] for e in entries})

@@ -219,6 +219,7 @@ def _rebuild(root: Path) -> Report:
             same = False
         if not same:
             index.write_entry(root, entry)
+    (root / index.INDEX_DIR).mkdir(exist_ok=True)
     index.write_pack(root, entries)
     if info is not None and (info.get("format_version") != CACHE_VERSION or not (root / CACHE_JSON).exists()):
         info["format_version"] = CACHE_VERSION

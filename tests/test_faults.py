@@ -366,10 +366,11 @@ def test_damaged_shard_is_named_and_repair_reextracts_its_videos(vids, ref, tmp_
     elif damage == "flip-h5":
         import h5py
 
-        with h5py.File(victim, "r") as f:  # where the first features chunk lies in the file
-            info = f["features"].id.get_chunk_info(0)
+        with h5py.File(victim, "r") as f:  # where the features lie in the file (small: contiguous)
+            ds = f["features"]
+            at = ds.id.get_offset() if ds.chunks is None else ds.id.get_chunk_info(0).byte_offset
         data = bytearray(victim.read_bytes())
-        for k in range(info.byte_offset + 16, info.byte_offset + 48):
+        for k in range(at + 16, at + 48):
             data[k] ^= 0xFF
         victim.write_bytes(bytes(data))
     else:
