@@ -157,3 +157,13 @@ def test_cli_errors_are_clear(tmp_path):
     missing = write_labels(tmp_path / "m.csv", [("v0000.mp4", "a", "train"), ("nope.mp4", "b", "train")])
     proc = cli("train", "--cache", cache, "--labels", missing, "--out", tmp_path / "r", check=False)
     assert proc.returncode == 2 and "not in the cache" in proc.stderr and "'nope.mp4'" in proc.stderr
+
+
+def test_train_on_a_damaged_cache_names_the_shard(tmp_path):
+    cache, labels = class_task(tmp_path, videos=12, classes=2)
+    shard = storage.shard_paths(cache)[0]
+    chunks = sorted(p for p in (shard / "features").rglob("*") if p.is_file() and p.name != "zarr.json")
+    chunks[0].write_bytes(b"not a zstd frame")
+    proc = cli("train", "--cache", cache, "--labels", labels, "--out", tmp_path / "r", check=False)
+    assert proc.returncode == 2 and shard.name in proc.stderr and "--repair" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
