@@ -68,7 +68,7 @@ def main() -> int:
             out = work / f"cache{t}"
         e = dict(env)
         if t % 3 == 2:
-            e["FAULT"] = f"kill:{rng.randint(1, 2)}:{rng.choice(['begin', 'fsync', 'renamed'])}"
+            e["FAULT"] = f"kill:{rng.randint(1, 2)}:{rng.choice(['begin', 'fsync', 'renamed', 'indexed'])}"
             kind = e["FAULT"]
             delay = None
         else:

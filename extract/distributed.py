@@ -22,6 +22,7 @@ from extract.batcher import Extractor, set_threads
 from extract.config import ExtractConfig
 from extract.decoder import PKG_ROOT
 from extract.discover import Plan, VideoFile
+from extract.engine import provenance
 from extract.sink import ShardSink
 
 
@@ -58,7 +59,8 @@ def shard_task(cfg_dict: dict, items: list[tuple[str, str]], shard_path: str, dr
             raise RuntimeError(f"{p}: the extraction run that asked for this shard has ended; not committing")
 
     sink = ShardSink([(path, list(range(len(videos))))], bb.dim, cfg.dtype, [v.id for v in videos],
-                     lambda i, r: failures.append((videos[i].id, videos[i].path, r)), before_commit=guard)
+                     lambda i, r: failures.append((videos[i].id, videos[i].path, r)), before_commit=guard,
+                     fingerprint=bb.fingerprint(cfg), provenance=provenance(bb))
     ex = Extractor(bb, cfg)
     ex.process(videos, sink)
     return {"committed": sink.done_ids, "failures": failures, "frames": ex.frames,

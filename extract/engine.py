@@ -175,7 +175,7 @@ def _run_local(plan: Plan, bb: Backbone, cache: storage.CacheWriter, summary: Su
 
     sink = ShardSink(spans, bb.dim, plan.cfg.dtype, [v.id for v in pending],
                      lambda i, reason: _failed(cache, summary, pending[i].id, pending[i].path, reason),
-                     on_commit=committed)
+                     on_commit=committed, fingerprint=bb.fingerprint(plan.cfg), provenance=provenance(bb))
     ex.process(pending, sink, on_video=lambda _i: advance(1, ex.frames), procs=list(procs))
     summary.frames = ex.frames
     summary.model_seconds = ex.infer_seconds

@@ -19,8 +19,11 @@ class ShardSink:
     def __init__(self, groups: list[tuple[Path, list[int]]], dim: int, dtype: str, ids: list[str],
                  on_failure: Callable[[int, str], None],
                  before_commit: Callable[[Path], None] | None = None,
-                 on_commit: Callable[[Path, list[str]], None] | None = None):
+                 on_commit: Callable[[Path, list[str]], None] | None = None,
+                 fingerprint: dict | None = None, provenance: dict | None = None):
         self.groups = groups
+        # what produced the features (the cache refuses other settings) and where: in each shard
+        self.fingerprint, self.provenance = fingerprint, provenance
         self.dim, self.dtype, self.ids = dim, dtype, ids
         self.on_failure, self.before_commit, self.on_commit = on_failure, before_commit, on_commit
         self.where = {item: (g, k) for g, (_, items) in enumerate(groups) for k, item in enumerate(items)}
@@ -50,7 +53,9 @@ class ShardSink:
             r = res.pop(self.next_pos[g])
             if r is not None:
                 if self.writers[g] is None:
-                    self.writers[g] = storage.ShardWriter(path, self.dim, self.dtype)
+                    self.writers[g] = storage.ShardWriter(path, self.dim, self.dtype,
+                                                          fingerprint=self.fingerprint,
+                                                          provenance=self.provenance)
                 self.writers[g].add(self.ids[items[self.next_pos[g]]], *r)
             self.next_pos[g] += 1
         if self.next_pos[g] == len(items):

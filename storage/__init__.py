@@ -6,22 +6,20 @@ docs/architecture.md); torch is imported only inside `storage.device.pick_device
 """
 
 from storage.cache import (
-    CacheBusy,
-    CacheError,
     CacheReader,
     CacheWriter,
-    FingerprintMismatch,
     Video,
     open_cache,
     read_failures,
     shard_paths,
 )
+from storage.errors import CacheBusy, CacheError, CorruptShardError, FingerprintMismatch
 from storage.ids import check_video_id, video_id
-from storage.shard import CorruptShardError, Shard, ShardWriter
-from storage.verify import Report, quarantine, verify
+from storage.shard import Shard, ShardWriter
+from storage.verify import Report, quarantine, rebuild_index, verify
 
 __all__ = [
     "CacheBusy", "CacheError", "CacheReader", "CacheWriter", "CorruptShardError",
     "FingerprintMismatch", "Report", "Shard", "ShardWriter", "Video", "check_video_id",
-    "open_cache", "quarantine", "read_failures", "shard_paths", "verify", "video_id",
+    "open_cache", "quarantine", "read_failures", "rebuild_index", "shard_paths", "verify", "video_id",
 ]

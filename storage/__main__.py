@@ -1,4 +1,4 @@
-"""python -m storage info|verify CACHE"""
+"""python -m storage info|verify CACHE: what a feature cache holds; whether it is intact."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from storage.cache import CacheError, open_cache, read_failures, shard_paths
-from storage.verify import verify
+from storage.cache import open_cache, read_failures
+from storage.errors import CacheError
+from storage.verify import rebuild_index, verify
 
 
 def _bytes(root: Path) -> int:
@@ -24,27 +25,31 @@ def _human(n: float) -> str:
 
 
 def info(root: Path, as_json: bool) -> int:
-    cache = open_cache(root)
-    shards = shard_paths(root)
+    cache = open_cache(root)  # reads the index only: a damaged shard does not stop it
     size = _bytes(root)
     fails = cache.failures()
+    provenances = cache.provenances()
     summary = {
         "path": str(root), "videos": len(cache), "frames": cache.total_frames,
-        "dim": cache.dim, "dtype": cache.dtype, "shards": len(shards),
-        "formats": sorted({p.suffix.lstrip(".") for p in shards}), "bytes": size,
+        "dim": cache.dim, "dtype": cache.dtype, "shards": len(cache.entries),
+        "formats": sorted({e["format"] for e in cache.entries}), "bytes": size,
         "failures": len(fails), "fingerprint": cache.fingerprint,
-        "provenance": cache.info.get("provenance", {}), "created": cache.info.get("created"),
+        "provenance": cache.info.get("provenance", {}), "shard_provenances": provenances,
+        "created": cache.info.get("created"),
     }
     if as_json:
         print(json.dumps(summary, indent=2))
         return 0
     print(f"{root}: {len(cache)} videos, {cache.total_frames} frames, "
-          f"{cache.dtype}[{cache.dim}], {len(shards)} shard(s), {_human(size)}")
+          f"{cache.dtype}[{cache.dim}], {len(cache.entries)} shard(s), {_human(size)}")
     if fails:
         print(f"failed videos: {len(fails)} (see {root / 'failures.jsonl'})")
     print("fingerprint:")
     for k, v in sorted(cache.fingerprint.items()):
         print(f"  {k}: {v}")
+    if len(provenances) > 1:
+        print(f"written under {len(provenances)} different setups (library versions, hosts): "
+              "`--json` lists them")
     return 0
 
 
@@ -57,12 +62,20 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("verify", help="every shard opens and agrees with the index")
     p.add_argument("cache", type=Path)
     p.add_argument("--quick", action="store_true", help="skip the per-video checksums")
+    p.add_argument("--rebuild-index", action="store_true",
+                   help="index every good shard again (and cache.json if lost); move bad ones to quarantine/")
     args = ap.parse_args(argv)
     try:
         if args.cmd == "info":
             return info(args.cache, args.json)
-        rep = verify(args.cache, checksums=not args.quick)
+        if args.rebuild_index:
+            rep = rebuild_index(args.cache)
+        else:
+            rep = verify(args.cache, checksums=not args.quick)
     except CacheError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # not damage: permissions, too many open files, ...
         print(f"error: {e}", file=sys.stderr)
         return 2
     for note in rep.notes:
@@ -70,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     for prob in rep.problems:
         print(f"BAD: {prob}")
     n_fail = len({k for k in read_failures(args.cache)}) if rep.ok else 0
+    if args.cmd == "verify" and args.rebuild_index:
+        print(f"{args.cache}: index rebuilt: {rep.videos} videos, {rep.frames} frames in "
+              f"{rep.shards - len(rep.bad_shards)} shard(s)")
+        return 0 if rep.ok else 1
     status = "ok" if rep.ok else f"{len(rep.problems)} problem(s) in {len(rep.bad_shards)} shard(s)"
     print(f"{args.cache}: {status}: {rep.videos} videos, {rep.frames} frames in {rep.shards} shard(s)"
           + (f"; {n_fail} video(s) listed in failures.jsonl" if n_fail else ""))

@@ -1,64 +1,60 @@
-"""A cache folder: `cache.json` (format + fingerprint), committed shards, and `failures.jsonl`.
+"""A cache folder: `cache.json`, committed shards with their index, and `failures.jsonl`.
 
-The index of extracted videos is derived from the committed shards alone, so whatever a crash
-interrupts, re-opening the cache sees exactly the videos whose shard was committed.
+    cache.json        format version, dim, dtype, fingerprint (compared), provenance (recorded)
+    .lock             flock held by the one writer (its pid inside while held, empty after)
+    failures.jsonl    append-only; the latest line per video id counts
+    shards/           part-NNNNN.zarr | part-NNNNN.h5
+    index/            one entry per committed shard (storage/index.py); index.json packs them
+
+Opening reads the index only (no shard is opened until one of its videos is read), and at most
+`max_open` shards are open at a time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from storage import lock
+from storage import index, lock
+from storage.durable import TMP_MARK
+from storage.errors import CacheBusy, CacheError, FingerprintMismatch
 from storage.ids import check_video_id
-from storage.shard import SHARD_NAME, SUFFIX, TMP_MARK, Shard, ShardWriter, remove_path
+from storage.info import (
+    CACHE_JSON,
+    CACHE_VERSION,
+    fingerprint_diff,
+    read_cache_json,
+    rebuild_hint,
+    write_cache_json,
+)
+from storage.shard import (
+    BACKENDS,
+    SHARD_NAME,
+    SUFFIX,
+    ShardWriter,
+    check_video,
+    damaged,
+    remove_path,
+    shard_number,
+)
 
-CACHE_VERSION = 1
-CACHE_JSON = "cache.json"
 FAILURES = "failures.jsonl"
 LOCK = lock.LOCK
-
-
-class CacheError(RuntimeError):
-    """A cache that cannot be used as asked; the message says why and what to do."""
-
-
-class FingerprintMismatch(CacheError):
-    pass
-
-
-class CacheBusy(CacheError):
-    pass
+MAX_OPEN = 64  # shards held open by a reader (HDF5: one descriptor each)
 
 
 def shard_paths(root: str | os.PathLike) -> list[Path]:
-    """The committed shards of a cache, in shard-number order."""
+    """The committed shards of a cache (those with an index entry), in shard-number order."""
     d = Path(root) / "shards"
-    if not d.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := SHARD_NAME.match(p.name))]
-    return [p for _, p in sorted(found)]
-
-
-def read_cache_json(root: str | os.PathLike) -> dict:
-    path = Path(root) / CACHE_JSON
-    try:
-        info = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CacheError(f"{root}: not a feature cache (no {CACHE_JSON})") from None
-    except (OSError, ValueError) as e:
-        raise CacheError(f"{path}: unreadable ({e})") from e
-    if info.get("format_version") != CACHE_VERSION:
-        raise CacheError(
-            f"{path}: cache format {info.get('format_version')!r}, this code reads {CACHE_VERSION}"
-        )
-    return info
+    return [d / n for n in sorted(index.entry_names(root), key=shard_number)]
 
 
 def read_failures(root: str | os.PathLike) -> dict[str, dict]:
@@ -76,11 +72,19 @@ def read_failures(root: str | os.PathLike) -> dict[str, dict]:
     return out
 
 
-def fingerprint_diff(old: dict, new: dict) -> list[str]:
-    """Human-readable differences between two fingerprints (empty when they agree)."""
-    keys = sorted(set(old) | set(new))
-    return [f"{k}: {old.get(k)!r} in the cache, {new.get(k)!r} now" for k in keys
-            if old.get(k) != new.get(k)]
+def _load_index(root: Path) -> tuple[list[dict], bool]:
+    entries, current = index.load_with_state(root)
+    lost = not (root / index.INDEX_DIR).is_dir()  # made with the cache: absent = lost (or never made)
+    if lost and any(SHARD_NAME.match(n) for n in _listdir(root / "shards")):
+        raise CacheError(f"{root}: the shards have no index; {rebuild_hint(root)}")
+    return sorted(entries.values(), key=lambda e: shard_number(e["shard"])), current
+
+
+def _listdir(d: Path) -> list[str]:
+    try:
+        return os.listdir(d)
+    except FileNotFoundError:
+        return []
 
 
 @dataclass
@@ -93,22 +97,22 @@ class Video:
 class CacheReader:
     """Read-only view of a cache: ids, and each video's features and timestamps."""
 
-    def __init__(self, root: str | os.PathLike, check: bool = True):
+    def __init__(self, root: str | os.PathLike, check: bool = True, max_open: int = MAX_OPEN):
         self.root = Path(root)
         self.info = read_cache_json(self.root)
-        self.check = check
-        self.shards = [Shard(p) for p in shard_paths(self.root)]
+        self.check, self.max_open = check, max(1, max_open)
+        self.entries, _ = _load_index(self.root)
         self._where: dict[str, tuple[int, int]] = {}
-        for s, shard in enumerate(self.shards):
-            for i, vid in enumerate(shard.video_ids):
+        for s, e in enumerate(self.entries):
+            for i, vid in enumerate(e["ids"]):
                 if vid in self._where:
-                    other = self.shards[self._where[vid][0]].path.name
-                    raise CacheError(
-                        f"{self.root}: video {vid!r} is in both {other} and {shard.path.name}; "
-                        "run `python -m storage verify` to see the damage"
-                    )
+                    other = self.entries[self._where[vid][0]]["shard"]
+                    raise CacheError(f"{self.root}: video {vid!r} is in both {other} and {e['shard']}; "
+                                     "run `python -m storage verify` to see the damage")
                 self._where[vid] = (s, i)
         self.video_ids = sorted(self._where)
+        self._open: OrderedDict[int, object] = OrderedDict()
+        self._pid = os.getpid()
 
     @property
     def fingerprint(self) -> dict:
@@ -135,12 +139,47 @@ class CacheReader:
         feats, times = self._read(vid)
         return Video(vid, feats, times)
 
+    def shard_path(self, s: int) -> Path:
+        return self.root / "shards" / self.entries[s]["shard"]
+
+    def _shard(self, s: int):
+        """The open reader of shard `s` (least recently used ones are closed beyond `max_open`)."""
+        if self._pid != os.getpid():  # h5py handles do not survive fork: reopen in each process
+            self._open.clear()
+            self._pid = os.getpid()
+        if s in self._open:
+            self._open.move_to_end(s)
+            return self._open[s]
+        e, path = self.entries[s], self.shard_path(s)
+        try:
+            r = BACKENDS[e["format"]].Reader(path)
+            shape = tuple(r.array("features").shape)
+        except Exception as exc:
+            raise damaged(path, "cannot open shard", exc) from exc
+        if shape != (e["frames"], self.dim):
+            r.close()
+            raise damaged(path, "the shard does not match its index entry",
+                          ValueError(f"features {shape}, the index says {(e['frames'], self.dim)}"))
+        self._open[s] = r
+        while len(self._open) > self.max_open:
+            self._open.popitem(last=False)[1].close()
+        return r
+
     def _read(self, vid: str) -> tuple[np.ndarray, np.ndarray]:
         try:
             s, i = self._where[vid]
         except KeyError:
             raise KeyError(f"video {vid!r} is not in the cache {self.root}") from None
-        return self.shards[s].read(i, check=self.check)
+        e = self.entries[s]
+        a, b = e["offsets"][i], e["offsets"][i + 1]
+        r = self._shard(s)
+        try:
+            feats, times = r.read("features", a, b), r.read("timestamps", a, b)
+        except Exception as exc:
+            raise damaged(self.shard_path(s), f"cannot read video {vid!r}", exc) from exc
+        if self.check:
+            check_video(self.shard_path(s), vid, feats, times, e["checksums"][i])
+        return feats, times
 
     def features(self, vid: str) -> np.ndarray:
         return self._read(vid)[0]
@@ -150,19 +189,32 @@ class CacheReader:
 
     def num_frames(self, vid: str) -> int:
         s, i = self._where[vid]
-        off = self.shards[s].offsets
+        off = self.entries[s]["offsets"]
         return int(off[i + 1] - off[i])
 
     @property
     def total_frames(self) -> int:
-        return sum(s.num_frames for s in self.shards)
+        return sum(e["frames"] for e in self.entries)
+
+    def provenances(self) -> list[dict]:
+        """The distinct provenances of the shards (more than one: written under different setups)."""
+        seen: dict[str, dict] = {}
+        for e in self.entries:
+            seen.setdefault(json.dumps(e["provenance"], sort_keys=True), e["provenance"])
+        return list(seen.values())
 
     def iter_videos(self) -> Iterator[Video]:
         """Every video, reading each shard in one pass (the fast way to load a whole cache)."""
-        for shard in self.shards:
-            feats, times = shard.read_all(check=self.check)
-            for i, vid in enumerate(shard.video_ids):
-                a, b = shard.offsets[i], shard.offsets[i + 1]
+        for s, e in enumerate(self.entries):
+            r, path = self._shard(s), self.shard_path(s)
+            try:
+                feats, times = r.read("features"), r.read("timestamps")
+            except Exception as exc:
+                raise damaged(path, "cannot read", exc) from exc
+            for i, vid in enumerate(e["ids"]):
+                a, b = e["offsets"][i], e["offsets"][i + 1]
+                if self.check:
+                    check_video(path, vid, feats[a:b], times[a:b], e["checksums"][i])
                 yield Video(vid, feats[a:b], times[a:b])
 
     def failures(self) -> dict[str, dict]:
@@ -170,8 +222,8 @@ class CacheReader:
         return {k: v for k, v in read_failures(self.root).items() if k not in self._where}
 
     def close(self) -> None:
-        for s in self.shards:
-            s.close()
+        while self._open:
+            self._open.popitem()[1].close()
 
     def __enter__(self) -> CacheReader:
         return self
@@ -180,73 +232,76 @@ class CacheReader:
         self.close()
 
 
-def open_cache(root: str | os.PathLike, check: bool = True) -> CacheReader:
+def open_cache(root: str | os.PathLike, check: bool = True, max_open: int = MAX_OPEN) -> CacheReader:
     """Open a cache for reading. `check` verifies each video's checksum as it is read."""
-    return CacheReader(root, check=check)
+    return CacheReader(root, check=check, max_open=max_open)
 
 
 class CacheWriter:
     """Exclusive write access to a cache: holds its lock, allocates shards, logs failures.
 
     One writer per cache at a time (a second one gets CacheBusy). Distributed workers write the
-    shards the writer allocated to them with a plain ShardWriter; only the writer commits
-    failures and cleans up temporary files.
+    shards the writer allocated to them with a ShardWriter (which commits its own index entry);
+    only the writer removes uncommitted shards, appends failures and rewrites the index pack.
     """
 
     def __init__(self, root: str | os.PathLike, *, dim: int, dtype: str, fingerprint: dict,
                  provenance: dict | None = None, wait: bool = False):
         self.root = Path(root)
         self.dim, self.dtype = int(dim), str(np.dtype(dtype).name)
+        self.fingerprint, self.provenance = fingerprint, provenance or {}
+        fresh = not (self.root / "shards").is_dir()
         (self.root / "shards").mkdir(parents=True, exist_ok=True)
-        self._lock_fd = _lock(self.root / LOCK, wait=wait)
+        self._lock_fd = lock_cache(self.root, wait=wait)
         try:
-            self._init_info(fingerprint, provenance or {})
-            self._clean_tmp()
+            if fresh:
+                (self.root / index.INDEX_DIR).mkdir(exist_ok=True)
+            entries, _ = _load_index(self.root)
+            self._init_info(entries)
+            self._clean_uncommitted({e["shard"] for e in entries})
         except BaseException:
             self.close()
             raise
-        self._next = max((int(SHARD_NAME.match(p.name).group(1)) for p in shard_paths(self.root)),
-                         default=-1) + 1
+        self._next = max((shard_number(e["shard"]) for e in entries), default=-1) + 1
 
-    def _init_info(self, fingerprint: dict, provenance: dict) -> None:
-        want = {"dim": self.dim, "dtype": self.dtype, **fingerprint}
-        path = self.root / CACHE_JSON
-        if path.exists():
+    def _init_info(self, entries: list[dict]) -> None:
+        want = {"dim": self.dim, "dtype": self.dtype, **self.fingerprint}
+        if (self.root / CACHE_JSON).exists():
             info = read_cache_json(self.root)
             have = {"dim": info["dim"], "dtype": info["dtype"], **info["fingerprint"]}
-            diff = fingerprint_diff(have, want)
-            if diff:
-                raise FingerprintMismatch(
-                    f"{self.root} was extracted with different settings, so it cannot be extended:\n  "
-                    + "\n  ".join(diff)
-                    + "\nUse another --out folder, or the cache's settings (python -m storage info)."
-                )
-            self.info = info
-            return
-        self.info = {
-            "format_version": CACHE_VERSION, "dim": self.dim, "dtype": self.dtype,
-            "fingerprint": fingerprint, "provenance": provenance,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        }
-        tmp = path.with_name(CACHE_JSON + TMP_MARK + str(os.getpid()))
-        tmp.write_text(json.dumps(self.info, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
+            where = "the cache"
+        elif entries:  # cache.json lost: the shards still say how they were made
+            e = next((e for e in entries if index.fingerprint_id(e["dim"], e["dtype"], e["fingerprint"])
+                      != index.fingerprint_id(self.dim, self.dtype, self.fingerprint)), entries[0])
+            have, where = {"dim": e["dim"], "dtype": e["dtype"], **e["fingerprint"]}, f"shard {e['shard']}"
+        else:
+            have = want
+        diff = fingerprint_diff(have, want)
+        if diff:
+            raise FingerprintMismatch(
+                f"{self.root} was extracted with different settings ({where}), so it cannot be "
+                "extended:\n  " + "\n  ".join(diff)
+                + "\nUse another --out folder, or the cache's settings (python -m storage info).")
+        if not (self.root / CACHE_JSON).exists():
+            write_cache_json(self.root, {
+                "format_version": CACHE_VERSION, "dim": self.dim, "dtype": self.dtype,
+                "fingerprint": self.fingerprint, "provenance": self.provenance,
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
 
-    def _clean_tmp(self) -> None:
-        # Safe only because we hold the lock: nobody else is writing here.
+    def _clean_uncommitted(self, committed: set[str]) -> None:
+        # Safe only because we hold the lock: nobody else is writing here. A complete shard without
+        # an index entry was never committed (a crash between its rename and its entry).
         for p in (self.root / "shards").iterdir():
-            if TMP_MARK in p.name:
+            if TMP_MARK in p.name or (SHARD_NAME.match(p.name) and p.name not in committed):
                 remove_path(p)
-        for p in self.root.iterdir():
-            if TMP_MARK in p.name:
-                remove_path(p)
+        for d in (self.root, self.root / index.INDEX_DIR):
+            for name in _listdir(d):
+                if TMP_MARK in name:
+                    remove_path(d / name)
 
     def committed_ids(self) -> set[str]:
-        """Ids of every video in a committed shard (reads only the shards' small index arrays)."""
-        ids: set[str] = set()
-        for p in shard_paths(self.root):
-            ids.update(Shard(p).video_ids)
-        return ids
+        """Ids of every video in a committed shard (from the index; no shard is opened)."""
+        return {vid for e in index.load(self.root).values() for vid in e["ids"]}
 
     def allocate_shard(self, fmt: str = "zarr") -> Path:
         """A fresh shard path (never reused in this cache) for one group of videos."""
@@ -257,7 +312,8 @@ class CacheWriter:
         return path
 
     def shard_writer(self, path: Path, chunk_frames: int = 1024) -> ShardWriter:
-        return ShardWriter(path, self.dim, self.dtype, chunk_frames)
+        return ShardWriter(path, self.dim, self.dtype, chunk_frames, fingerprint=self.fingerprint,
+                           provenance=self.provenance)
 
     def record_failure(self, video_id: str, path: str, reason: str) -> None:
         rec = {"video_id": check_video_id(video_id), "path": path, "reason": reason,
@@ -271,9 +327,15 @@ class CacheWriter:
             os.close(fd)
 
     def close(self) -> None:
-        if self._lock_fd is not None:
-            lock.release(self._lock_fd)
-            self._lock_fd = None
+        if self._lock_fd is None:
+            return
+        # the pack is derived data: failing to refresh it costs the next open some speed, no more
+        with contextlib.suppress(OSError, CacheError):
+            entries, current = index.load_with_state(self.root)
+            if not current:
+                index.write_pack(self.root, entries)
+        lock.release(self._lock_fd)  # emptied: a run that changed nothing leaves the folder as it was
+        self._lock_fd = None
 
     def __enter__(self) -> CacheWriter:
         return self
@@ -282,11 +344,12 @@ class CacheWriter:
         self.close()
 
 
-def _lock(path: Path, wait: bool) -> int:
+def lock_cache(root: Path, wait: bool = False) -> int:
+    """Take the cache's write lock (storage.lock); returns its descriptor, for `lock.release`."""
     try:
-        return lock.acquire(path, wait)
+        return lock.acquire(root / LOCK, wait)
     except lock.Held as e:
         raise CacheBusy(
-            f"{path.parent} is being written by {e}; wait for it to finish "
+            f"{root} is being written by {e}; wait for it to finish "
             "(it resumes where it stops) or use another --out folder"
         ) from None

@@ -7,11 +7,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from storage import durable
+
 
 def write_json(path: str | os.PathLike, obj: Any, sort_keys: bool = False) -> None:
-    """`obj` as indented JSON at `path` (parents created), through a temporary file and a rename."""
+    """`obj` as indented JSON at `path` (parents created), replaced whole and fsynced (storage.durable)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=sort_keys) + "\n")
-    os.replace(tmp, path)
+    durable.atomic_write(path, (json.dumps(obj, indent=2, sort_keys=sort_keys) + "\n").encode())

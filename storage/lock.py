@@ -2,6 +2,8 @@
 
 The file's content ("pid N") only names the holder for messages and for the dask lease; the
 flock alone decides who writes. This module is the one place that writes or reads that content.
+The file is empty when nobody holds it, as before the first run: a run that changed nothing leaves
+the cache folder byte-identical (DVC tracks it).
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ def acquire(path: Path, wait: bool) -> int:
 
 
 def release(fd: int) -> None:
-    """Clear the pid (a later reader must not take it for a live holder), then drop the lock."""
+    """Clear the pid (a later reader must not take it for a live holder; the file is empty again, as
+    before the run), then drop the lock. Cleared while still held, so no new holder's pid is erased."""
     try:
         os.ftruncate(fd, 0)
     finally:

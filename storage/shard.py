@@ -1,37 +1,48 @@
-"""One shard: the frame features of a group of videos, in Zarr v3 or HDF5.
+"""One shard: the frame features of a group of videos, in a Zarr v3 folder or an HDF5 file.
 
-A shard is written under a temporary name and renamed into place when complete, so a crash
-never leaves a half-written shard that looks whole. Arrays (identical in both formats):
+The formats are backends (storage/zarr_shard.py, storage/hdf5_shard.py) with one interface:
+`Writer(path, dim, dtype, chunk)` with `append(feats, times)`, `finish(arrays, attrs)`, `close()`;
+`Reader(path, thorough)` with `attrs`, `array(name)`, `read(name, a, b)`, `close()`. Arrays
+(identical in both, with named dimensions so xarray opens them as they are):
 
-    features   [frames, D]    float16 or float32, chunked along frames
-    timestamps [frames]       float32, seconds
-    offsets    [videos + 1]   int64: video i is rows offsets[i]:offsets[i+1]
-    video_ids  [videos]       str
-    checksums  [videos]       uint32: crc32 of the video's features bytes then timestamps bytes
+    features   [frame, feature]  float16 or float32, chunked along frames
+    timestamps [frame]           float32, seconds
+    offsets    [video_edge]      int64, videos + 1: video i is rows offsets[i]:offsets[i+1]
+    video_ids  [video]           str
+    checksums  [video]           uint32: crc32 of the video's features bytes then timestamps bytes
+
+and attributes: shard_version, videos, frames, dim, dtype, fingerprint, fingerprint_id, provenance.
+
+Commit: the shard is written under a temporary name, flushed, renamed into place, and then its
+index entry is written (storage/index.py). The entry is the commit: until it exists the shard
+is not part of the cache.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
+import platform
 import re
 import shutil
+import socket
 import uuid
 import zlib
 from pathlib import Path
 
 import numpy as np
 
+from storage import durable, hdf5_shard, index, zarr_shard
+from storage.durable import TMP_MARK
+from storage.errors import CorruptShardError, FingerprintMismatch, environmental
 from storage.ids import check_video_id
+from storage.info import fingerprint_diff, read_cache_json
 
-SHARD_VERSION = 1
-SUFFIX = {"zarr": ".zarr", "hdf5": ".h5"}
+SHARD_VERSION = 2
+BACKENDS = {"zarr": zarr_shard, "hdf5": hdf5_shard}
+SUFFIX = {fmt: b.SUFFIX for fmt, b in BACKENDS.items()}
 SHARD_NAME = re.compile(r"^part-(\d{5,})\.(zarr|h5)$")
-TMP_MARK = ".tmp-"
 
-
-class CorruptShardError(OSError):
-    """A shard that cannot be read back as written; the message names the file and the reason."""
+__all__ = ["TMP_MARK", "CorruptShardError", "Shard", "ShardWriter"]
 
 
 def shard_format(path: str | os.PathLike) -> str:
@@ -43,23 +54,69 @@ def shard_format(path: str | os.PathLike) -> str:
     raise ValueError(f"{path}: not a shard (expected a .zarr or .h5 name)")
 
 
+def shard_number(name: str) -> int:
+    m = SHARD_NAME.match(name)
+    return int(m.group(1)) if m else -1
+
+
 def checksum(features: np.ndarray, timestamps: np.ndarray) -> int:
     crc = zlib.crc32(np.ascontiguousarray(features).data)
     return zlib.crc32(np.ascontiguousarray(timestamps).data, crc)
 
 
-class ShardWriter:
-    """Appends videos to a new shard; `commit()` makes it visible atomically.
+def storage_provenance() -> dict:
+    """Who wrote a shard: the libraries that shape its bytes, and the host."""
+    import h5py
+    import zarr
 
-    Rows are buffered up to one chunk so each on-disk chunk is written once.
+    return {"python": platform.python_version(), "numpy": np.__version__, "zarr": zarr.__version__,
+            "h5py": h5py.__version__, "host": socket.gethostname()}
+
+
+def repair_hint(root: str | os.PathLike) -> str:
+    return (f"its videos cannot be read until `python -m extract --videos ... --out {root} --repair` "
+            "moves it to quarantine/ and extracts them again")
+
+
+def damaged(path: Path, what: str, e: BaseException) -> CorruptShardError:
+    """The error to raise for `e` met while reading `path`; re-raises `e` if it is not damage."""
+    if environmental(e):
+        raise e
+    return CorruptShardError(f"{path}: {what} ({type(e).__name__}: {e}); {repair_hint(path.parent.parent)}")
+
+
+def check_video(path: Path, vid: str, feats: np.ndarray, times: np.ndarray, crc: int) -> None:
+    """Raise CorruptShardError unless the video's bytes match the checksum written with them."""
+    if checksum(feats, times) != int(crc):
+        raise CorruptShardError(f"{path}: video {vid!r} fails its checksum (data damaged on disk); "
+                                f"{repair_hint(path.parent.parent)}")
+
+
+def make_entry(name: str, *, dim: int, dtype: str, fingerprint: dict, provenance: dict,
+               ids: list[str], offsets: list[int], checksums: list[int]) -> dict:
+    """A shard's index entry: all a reader needs to find a video without opening the shard."""
+    return {"shard": name, "format": shard_format(name), "dim": int(dim), "dtype": str(dtype),
+            "fingerprint": fingerprint, "provenance": provenance, "frames": int(offsets[-1]),
+            "ids": list(ids), "offsets": [int(o) for o in offsets],
+            "checksums": [int(c) for c in checksums]}
+
+
+class ShardWriter:
+    """Appends videos to a new shard of the cache `path.parent.parent`; `commit()` adds it to the cache.
+
+    Rows are buffered up to one chunk so each on-disk chunk is written once. `fingerprint`: the
+    settings that produced the features; a cache with other settings refuses the shard at
+    commit (None: the cache's own, for writers that already checked it).
     """
 
-    def __init__(
-        self, path: str | os.PathLike, dim: int, dtype: str = "float16", chunk_frames: int = 1024
-    ):
+    def __init__(self, path: str | os.PathLike, dim: int, dtype: str = "float16",
+                 chunk_frames: int = 1024, fingerprint: dict | None = None,
+                 provenance: dict | None = None):
         self.path = Path(path)
+        self.root = self.path.parent.parent
         self.format = shard_format(self.path)
         self.dim, self.dtype, self.chunk = int(dim), np.dtype(dtype), int(chunk_frames)
+        self.fingerprint, self.provenance = fingerprint, {**storage_provenance(), **(provenance or {})}
         self.tmp = self.path.with_name(f"{self.path.name}{TMP_MARK}{uuid.uuid4().hex[:12]}")
         self.ids: list[str] = []
         self.offsets = [0]
@@ -67,29 +124,7 @@ class ShardWriter:
         self._feats: list[np.ndarray] = []
         self._times: list[np.ndarray] = []
         self._buffered = 0
-        self._written = 0
-        if self.format == "zarr":
-            import zarr
-
-            self._root = zarr.open_group(str(self.tmp), mode="w")
-            self._f = self._root.create_array(
-                "features", shape=(0, self.dim), chunks=(self.chunk, self.dim), dtype=self.dtype
-            )
-            self._t = self._root.create_array(
-                "timestamps", shape=(0,), chunks=(self.chunk * 16,), dtype="float32"
-            )
-        else:
-            import h5py
-
-            self._root = h5py.File(self.tmp, "w")
-            self._f = self._root.create_dataset(
-                "features", shape=(0, self.dim), maxshape=(None, self.dim),
-                chunks=(self.chunk, self.dim), dtype=self.dtype,
-            )
-            self._t = self._root.create_dataset(
-                "timestamps", shape=(0,), maxshape=(None,), chunks=(self.chunk * 16,),
-                dtype="float32",
-            )
+        self._backend = BACKENDS[self.format].Writer(self.tmp, self.dim, self.dtype, self.chunk)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -128,59 +163,45 @@ class ShardWriter:
         self._buffered = len(feats) - n
 
     def _append(self, feats: np.ndarray, times: np.ndarray) -> None:
-        if not len(feats):
-            return
-        if self.format == "zarr":
-            self._f.append(feats, axis=0)
-            self._t.append(times, axis=0)
-        else:
-            end = self._written + len(feats)
-            self._f.resize(end, axis=0)
-            self._t.resize(end, axis=0)
-            self._f[self._written:end] = feats
-            self._t[self._written:end] = times
-        self._written += len(feats)
+        if len(feats):
+            self._backend.append(feats, times)
+
+    def _cache_fingerprint(self) -> dict:
+        """The cache's fingerprint, after checking ours against it (the refusal at write)."""
+        info = read_cache_json(self.root)
+        have = {"dim": info["dim"], "dtype": info["dtype"], **info["fingerprint"]}
+        want = {"dim": self.dim, "dtype": self.dtype.name, **(self.fingerprint or info["fingerprint"])}
+        diff = fingerprint_diff(have, want)
+        if diff:
+            raise FingerprintMismatch(f"{self.path.name}: not added to {self.root}, whose features were "
+                                      "extracted with other settings:\n  " + "\n  ".join(diff))
+        return info["fingerprint"]
 
     def commit(self) -> Path:
-        """Write the index arrays, flush to disk and rename into place; returns the final path."""
+        """Write the per-video arrays, flush, rename into place and commit the index entry."""
+        fingerprint = self._cache_fingerprint()
         self._flush(whole_chunks=False)
-        offsets = np.asarray(self.offsets, dtype=np.int64)
-        sums = np.asarray(self.sums, dtype=np.uint32)
-        attrs = {
-            "shard_version": SHARD_VERSION, "videos": len(self.ids),
-            "frames": int(offsets[-1]), "dim": self.dim, "dtype": self.dtype.name,
-        }
-        if self.format == "zarr":
-            r = self._root
-            r.create_array("offsets", data=offsets)
-            r.create_array("checksums", data=sums)
-            ids = r.create_array("video_ids", shape=(len(self.ids),), dtype=str)
-            if self.ids:
-                ids[:] = np.array(self.ids, dtype=object)
-            r.attrs.update(attrs)
-            _fsync_tree(self.tmp)
-        else:
-            import h5py
-
-            r = self._root
-            r.create_dataset("offsets", data=offsets)
-            r.create_dataset("checksums", data=sums)
-            r.create_dataset("video_ids", data=self.ids, dtype=h5py.string_dtype())
-            r.attrs.update(attrs)
-            r.flush()
-            r.close()
-            _fsync_file(self.tmp)
+        ids = np.array(self.ids, dtype=object)
+        arrays = {"offsets": (np.asarray(self.offsets, dtype=np.int64), "video_edge"),
+                  "video_ids": (ids, "video"), "checksums": (np.asarray(self.sums, dtype=np.uint32), "video")}
+        attrs = {"shard_version": SHARD_VERSION, "videos": len(self.ids), "frames": self.num_frames,
+                 "dim": self.dim, "dtype": self.dtype.name, "fingerprint": fingerprint,
+                 "fingerprint_id": index.fingerprint_id(self.dim, self.dtype.name, fingerprint),
+                 "provenance": self.provenance}
+        self._backend.finish(arrays, attrs)
         if self.path.exists():
-            raise FileExistsError(f"{self.path}: a committed shard of that name already exists")
+            raise FileExistsError(f"{self.path}: a shard of that name already exists")
         os.replace(self.tmp, self.path)
-        _fsync_file(self.path.parent)
+        durable.fsync_file(self.path.parent)
+        index.write_entry(self.root, make_entry(
+            self.path.name, dim=self.dim, dtype=self.dtype.name, fingerprint=fingerprint,
+            provenance=self.provenance, ids=self.ids, offsets=self.offsets,
+            checksums=self.sums))
         return self.path
 
     def abort(self) -> None:
         """Drop the temporary shard."""
-        if self.format == "hdf5":
-            with contextlib.suppress(Exception):
-                self._root.close()
+        self._backend.close()
         remove_path(self.tmp)
 
 
@@ -191,41 +212,27 @@ def remove_path(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(path: Path) -> None:
-    for dirpath, _, files in os.walk(path):
-        for f in files:
-            _fsync_file(Path(dirpath) / f)
-        _fsync_file(Path(dirpath))
-
-
 class Shard:
-    """Read access to one committed shard. Any failure to read raises CorruptShardError."""
+    """Everything in one shard, read from the shard alone (verify, rebuilding the index, tests).
 
-    def __init__(self, path: str | os.PathLike):
+    `thorough` reads every array's own metadata (Zarr) rather than the consolidated copy.
+    """
+
+    def __init__(self, path: str | os.PathLike, thorough: bool = True):
         self.path = Path(path)
         self.format = shard_format(self.path)
-        self._pid = None
         try:
-            self._open()
-            self.offsets = np.asarray(self._arr("offsets")[:], dtype=np.int64)
-            self.checksums = np.asarray(self._arr("checksums")[:], dtype=np.uint32)
-            raw = self._arr("video_ids")[:]
+            self._r = BACKENDS[self.format].Reader(self.path, thorough=thorough)
+            self.attrs = self._r.attrs
+            self.offsets = self._r.read("offsets").astype(np.int64)
+            self.checksums = self._r.read("checksums").astype(np.uint32)
+            raw = self._r.read("video_ids")
             self.video_ids = [v.decode() if isinstance(v, bytes) else str(v) for v in raw]
-            fshape = tuple(self._arr("features").shape)
-            tshape = tuple(self._arr("timestamps").shape)
-            self.dtype = np.dtype(self._arr("features").dtype).name
-        except CorruptShardError:
-            raise
+            fshape = tuple(self._r.array("features").shape)
+            tshape = tuple(self._r.array("timestamps").shape)
+            self.dtype = np.dtype(self._r.array("features").dtype).name
         except Exception as e:
-            raise CorruptShardError(f"{self.path}: cannot read shard ({type(e).__name__}: {e})") from e
+            raise damaged(self.path, "cannot read shard", e) from e
         n = len(self.video_ids)
         problems = []
         if len(fshape) != 2:
@@ -237,30 +244,21 @@ class Shard:
         elif tshape != (fshape[0],):
             problems.append(f"{tshape} timestamps for {fshape[0]} frames")
         if problems:
-            raise CorruptShardError(f"{self.path}: {'; '.join(problems)}")
+            raise CorruptShardError(
+                f"{self.path}: {'; '.join(problems)}; {repair_hint(self.path.parent.parent)}")
         self.dim = fshape[1]
         self.num_frames = fshape[0]
 
-    def _open(self) -> None:
-        # h5py handles do not survive fork: reopen in each process that reads.
-        if self._pid == os.getpid():
-            return
-        if self.format == "zarr":
-            import zarr
+    @property
+    def fingerprint(self) -> dict | None:
+        """The fingerprint stamped in the shard (None in shards written before shards carried one)."""
+        return self.attrs.get("fingerprint")
 
-            self._root = zarr.open_group(str(self.path), mode="r")
-        else:
-            import h5py
-
-            self._root = h5py.File(self.path, "r")
-        self._arrays: dict = {}
-        self._pid = os.getpid()
-
-    def _arr(self, name: str):
-        self._open()
-        if name not in self._arrays:
-            self._arrays[name] = self._root[name]
-        return self._arrays[name]
+    def entry(self, fingerprint: dict) -> dict:
+        """This shard's index entry, as its writer made it."""
+        return make_entry(self.path.name, dim=self.dim, dtype=self.dtype, fingerprint=fingerprint,
+                          provenance=self.attrs.get("provenance", {}), ids=self.video_ids,
+                          offsets=self.offsets.tolist(), checksums=self.checksums.tolist())
 
     def __len__(self) -> int:
         return len(self.video_ids)
@@ -269,37 +267,24 @@ class Shard:
         """Features [T, D] and timestamps [T] of the shard's `index`-th video."""
         a, b = int(self.offsets[index]), int(self.offsets[index + 1])
         try:
-            feats = np.asarray(self._arr("features")[a:b])
-            times = np.asarray(self._arr("timestamps")[a:b])
+            feats, times = self._r.read("features", a, b), self._r.read("timestamps", a, b)
         except Exception as e:
-            raise CorruptShardError(
-                f"{self.path}: cannot read video {self.video_ids[index]!r} ({type(e).__name__}: {e})"
-            ) from e
+            raise damaged(self.path, f"cannot read video {self.video_ids[index]!r}", e) from e
         if check:
-            self._check(index, feats, times)
+            check_video(self.path, self.video_ids[index], feats, times, self.checksums[index])
         return feats, times
 
     def read_all(self, check: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """All features and timestamps of the shard in one read (fast bulk loading)."""
+        """All features and timestamps of the shard in one read."""
         try:
-            feats = np.asarray(self._arr("features")[:])
-            times = np.asarray(self._arr("timestamps")[:])
+            feats, times = self._r.read("features"), self._r.read("timestamps")
         except Exception as e:
-            raise CorruptShardError(f"{self.path}: cannot read ({type(e).__name__}: {e})") from e
+            raise damaged(self.path, "cannot read", e) from e
         if check:
             for i in range(len(self)):
                 a, b = self.offsets[i], self.offsets[i + 1]
-                self._check(i, feats[a:b], times[a:b])
+                check_video(self.path, self.video_ids[i], feats[a:b], times[a:b], self.checksums[i])
         return feats, times
 
-    def _check(self, index: int, feats: np.ndarray, times: np.ndarray) -> None:
-        if checksum(feats, times) != int(self.checksums[index]):
-            raise CorruptShardError(
-                f"{self.path}: video {self.video_ids[index]!r} fails its checksum (data damaged on disk)"
-            )
-
     def close(self) -> None:
-        if self._pid is not None and self.format == "hdf5":
-            with contextlib.suppress(Exception):
-                self._root.close()
-        self._pid = None
+        self._r.close()

@@ -1,8 +1,10 @@
 """Run `python -m extract ...` with a fault injected into the storage layer (tests and bench only).
 
     FAULT=kill:<k>:<stage>  SIGKILL this process during the k-th shard commit (k from 1), at
-                            stage `begin` (data written, no index yet), `fsync` (index written and
-                            flushed, not yet renamed) or `renamed` (renamed, directory not fsynced)
+                            stage `begin` (data written, no per-video arrays yet), `fsync` (shard
+                            complete and flushed, not yet renamed), `renamed` (renamed, no index
+                            entry yet) or `indexed` (index entry renamed into place, its folder
+                            not yet fsynced)
     FAULT=enospc:<k>        the k-th shard commit fails with OSError(ENOSPC)
     FAULT=enospc-append     the first write of feature rows fails with OSError(ENOSPC)
     FAULT=enospc-failures   appending to failures.jsonl fails with OSError(ENOSPC)
@@ -18,6 +20,7 @@ import signal
 import sys
 
 import storage.cache
+import storage.durable as durable
 import storage.shard as shard
 
 
@@ -36,7 +39,7 @@ def install(spec: str) -> None:
 
     if kind == "kill":
         k, stage = int(rest[0]), rest[1]
-        orig_tree, orig_file = shard._fsync_tree, shard._fsync_file
+        orig_tree, orig_file = durable.fsync_tree, durable.fsync_file
 
         def commit(self):
             commits[0] += 1
@@ -51,14 +54,15 @@ def install(spec: str) -> None:
 
         def fsync_file(path):
             is_dir = os.path.isdir(path)
-            if commits[0] == k and stage == "renamed" and is_dir and path.name == "shards":
+            if commits[0] == k and is_dir and (stage, path.name) in (("renamed", "shards"),
+                                                                     ("indexed", "index")):
                 die()
             orig_file(path)
-            if commits[0] == k and stage == "fsync" and not is_dir and shard.TMP_MARK in path.name:
+            if commits[0] == k and stage == "fsync" and not is_dir and durable.TMP_MARK in path.name:
                 die()  # hdf5: the temporary file is flushed, not renamed
 
         shard.ShardWriter.commit = commit
-        shard._fsync_tree, shard._fsync_file = fsync_tree, fsync_file
+        durable.fsync_tree, durable.fsync_file = fsync_tree, fsync_file
     elif kind == "enospc":
         k = int(rest[0])
 

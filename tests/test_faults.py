@@ -67,19 +67,21 @@ def assert_complete(ref: Path, out: Path) -> None:
 def test_sigkill_at_every_commit_stage_then_resume(vids, ref, tmp_path, fmt):
     out = tmp_path / "cache"
     committed = []
-    # one cache, killed three times in a row at successive commits, each at another stage
-    for k, stage in ((1, "begin"), (2, "fsync"), (2, "renamed")):
+    # one cache, killed four times in a row at successive commits, each at another stage
+    for k, stage in ((1, "begin"), (2, "fsync"), (1, "renamed"), (2, "indexed")):
         proc = faulty(f"kill:{k}:{stage}", vids, out, "--format", fmt)
         assert proc.returncode == -9, (stage, proc.stderr)
         n = len(storage.shard_paths(out))
         committed.append(n)
-        if stage != "renamed":
+        if stage in ("begin", "fsync"):
             assert list((out / "shards").glob("*.tmp-*")), "the kill should leave a half-written shard"
+        if stage == "renamed":  # a whole shard, but no index entry: not committed
+            assert len(list((out / "shards").glob("part-*"))) == n + 1
         rep = storage.verify(out)  # what a reader sees right after the crash is consistent
         assert rep.ok, rep.problems
         assert len(storage.open_cache(out)) == n
-    # begin/fsync: that commit is lost; renamed: it survives (renamed before the kill)
-    assert committed == [0, 1, 3], committed
+    # begin/fsync/renamed: that commit is lost; indexed: it survives (its entry is in place)
+    assert committed == [0, 1, 1, 3], committed
     s = run(tiny(videos_per_shard=1, format=fmt), vids, out)
     assert s.ok and s.skipped == 3 and s.done == N_VIDEOS - 3
     assert_complete(ref, out)
@@ -339,7 +341,9 @@ def test_nothing_in_the_cache_is_pickled(vids, tmp_path, fmt):
                     kind = ds.dtype.kind
                     assert kind in "fiu" or (kind == "O" and h5py.check_string_dtype(ds.dtype)), name
     # plain zarr/h5py read it back without any of our code and without pickle
-    assert json.loads((out / "cache.json").read_text())["format_version"] == 1
+    assert json.loads((out / "cache.json").read_text())["format_version"] == 2
+    for entry in [out / "index.json", *(out / "index").iterdir()]:
+        assert isinstance(json.loads(entry.read_text()), dict), entry
 
 
 @pytest.mark.parametrize("bad", ["../escape.mp4", "/abs.mp4", "a/../../b.mp4", "x\x00.mp4", ""])
@@ -390,10 +394,11 @@ def test_damaged_shard_is_named_and_repair_reextracts_its_videos(vids, ref, tmp_
     elif damage == "flip-h5":
         import h5py
 
-        with h5py.File(victim, "r") as f:  # where the first features chunk lies in the file
-            info = f["features"].id.get_chunk_info(0)
+        with h5py.File(victim, "r") as f:  # where the features lie in the file (small: contiguous)
+            ds = f["features"]
+            at = ds.id.get_offset() if ds.chunks is None else ds.id.get_chunk_info(0).byte_offset
         data = bytearray(victim.read_bytes())
-        for k in range(info.byte_offset + 16, info.byte_offset + 48):
+        for k in range(at + 16, at + 48):
             data[k] ^= 0xFF
         victim.write_bytes(bytes(data))
     else:
@@ -421,11 +426,20 @@ def test_damaged_shard_is_named_and_repair_reextracts_its_videos(vids, ref, tmp_
 def test_damaged_shard_without_repair_says_what_to_do(vids, tmp_path):
     out = tmp_path / "cache"
     assert run(tiny(videos_per_shard=2), vids, out).ok
-    victim = storage.shard_paths(out)[0]
-    (victim / "offsets" / "zarr.json").write_text("{ not json")
-    r = run_module("extract", "--videos", vids, "--out", out, *TINY_CLI, check=False)
-    assert r.returncode == 2 and victim.name in r.stderr and "--repair" in r.stderr, r.stderr
-    assert "Traceback" not in r.stderr
+    victim, other = storage.shard_paths(out)[:2]
+    (victim / "offsets" / "zarr.json").write_text("{ not json")  # its own metadata: verify reads it
+    f = _chunk_files(victim, "features")[0]
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    c = storage.open_cache(out)
+    for vid in storage.Shard(other).video_ids:  # the other shards are readable
+        assert c.features(vid).shape[0] > 0
+    for vid in c.entries[0]["ids"]:
+        with pytest.raises(storage.CorruptShardError, match=rf"{victim.name}.*--repair"):
+            c.features(vid)
+    info = run_module("storage", "info", out, check=False)
+    assert info.returncode == 0 and f"{N_VIDEOS} videos" in info.stdout and "Traceback" not in info.stderr
+    v = run_module("storage", "verify", out, check=False)
+    assert v.returncode == 1 and f"BAD: {victim}" in v.stdout and "Traceback" not in v.stderr
 
 
 @pytest.mark.slow

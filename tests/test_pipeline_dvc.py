@@ -117,6 +117,11 @@ def test_dvc_repro_runs_the_pipeline_then_has_nothing_to_do(project):
         assert predictions.startswith("video_id,actual,predicted")
     again = dvc("repro", cwd=project)
     assert "Running stage" not in again and "up to date" in again
+    # an extraction that finds nothing to do (run by hand, outside DVC) leaves the cache as it was
+    sh(sys.executable, "-m", "pipeline.stages.extract", "--videos", "data/demo/videos", "--out", "cache",
+       cwd=project)
+    status = dvc("status", cwd=project)
+    assert "modified" not in status and "up to date" in status, status
 
     # an ablation of a stage-two knob re-runs stage two only: the cache is reused
     exp = dvc("exp", "run", "-S", "temporal.fusion=sum", cwd=project)

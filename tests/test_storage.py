@@ -68,19 +68,27 @@ def test_second_writer_is_refused_while_first_holds_the_lock(tmp_path):
     storage.CacheWriter(tmp_path, dim=4, dtype="float16", fingerprint=FP).close()
 
 
-def test_uncommitted_shard_is_invisible_and_cleaned(tmp_path):
+def test_uncommitted_shard_is_invisible_and_cleaned(tmp_path, monkeypatch):
     fill(tmp_path, "zarr", {"done.mp4": 4})
     w = storage.CacheWriter(tmp_path, dim=16, dtype="float16", fingerprint=FP)
     sw = w.shard_writer(w.allocate_shard("hdf5"))
     sw.add("half.mp4", np.zeros((5, 16)), np.zeros(5))
     sw._flush(whole_chunks=False)  # data on disk, never committed: as after a crash
+    late = w.shard_writer(w.allocate_shard("zarr"))
+    late.add("late.mp4", np.zeros((5, 16)), np.zeros(5))
+    with monkeypatch.context() as m:  # as a crash after the rename, before the index entry
+        m.setattr(storage.index, "write_entry", lambda *a: None)
+        late.commit()
     w.close()
-    assert storage.open_cache(tmp_path).video_ids == ["done.mp4"]
-    assert "temporary" in storage.verify(tmp_path).notes[0]
+    assert late.path.exists() and storage.open_cache(tmp_path).video_ids == ["done.mp4"]
+    rep = storage.verify(tmp_path)
+    assert rep.ok and any("temporary" in n for n in rep.notes)
+    assert any("no index entry" in n for n in rep.notes)
     with storage.CacheWriter(tmp_path, dim=16, dtype="float16", fingerprint=FP) as w:
         assert w.committed_ids() == {"done.mp4"}
         assert w.allocate_shard().name == "part-00001.zarr"
     assert not [p for p in (tmp_path / "shards").iterdir() if ".tmp-" in p.name]
+    assert not late.path.exists()
 
 
 def test_flipped_bytes_are_caught_by_reader_and_verify(tmp_path):
@@ -98,13 +106,164 @@ def test_flipped_bytes_are_caught_by_reader_and_verify(tmp_path):
     assert proc.returncode == 1 and shard.name in proc.stdout
 
 
-def test_truncated_shard_is_named(tmp_path):
-    fill(tmp_path, "hdf5", {"a.mp4": 50})
-    (shard,) = storage.shard_paths(tmp_path)
+def test_damaged_shard_costs_only_its_videos(tmp_path):
+    data = fill(tmp_path, "hdf5", {"a.mp4": 50})
+    data.update(fill(tmp_path, "hdf5", {"b.mp4": 20}))
+    shard = storage.shard_paths(tmp_path)[0]
     shard.write_bytes(shard.read_bytes()[:1000])
-    with pytest.raises(CorruptShardError, match=shard.name):
-        storage.open_cache(tmp_path)
+    cache = storage.open_cache(tmp_path)  # the index is enough to open
+    assert cache.video_ids == ["a.mp4", "b.mp4"]
+    with pytest.raises(CorruptShardError, match=rf"{shard.name}.*--repair"):
+        cache.features("a.mp4")
+    np.testing.assert_array_equal(cache.features("b.mp4"), data["b.mp4"][0])
     assert storage.verify(tmp_path).bad_shards == [shard]
+    info = run_module("storage", "info", tmp_path)
+    assert "2 videos" in info.stdout and "Traceback" not in info.stderr
+
+
+def test_errors_of_the_machine_are_not_called_damage(tmp_path):
+    """Too many open files is not a damaged shard: the OSError comes through as it is."""
+    import resource
+
+    for i in range(4):
+        fill(tmp_path, "hdf5", {f"v{i}.mp4": 3})
+    cache = storage.open_cache(tmp_path)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    in_use = len(os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + 1, hard))
+    try:
+        with pytest.raises(OSError) as e:
+            for i in range(4):
+                cache.features(f"v{i}.mp4")
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert not isinstance(e.value, CorruptShardError) and "24" in str(e.value), e.value
+    cache.close()
+    assert storage.verify(tmp_path).ok
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "hdf5"])
+def test_open_reads_the_index_and_keeps_few_files_open(tmp_path, fmt):
+    videos = {f"v{i:02d}.mp4": 5 + i for i in range(12)}
+    for vid, t in videos.items():
+        fill(tmp_path, fmt, {vid: t})
+    fds = len(os.listdir("/proc/self/fd"))
+    cache = storage.open_cache(tmp_path, max_open=3)
+    assert len(os.listdir("/proc/self/fd")) == fds  # open touched no shard
+    assert {v: cache.num_frames(v) for v in cache} == videos
+    for vid in videos:
+        assert len(cache.features(vid)) == videos[vid]
+        assert len(os.listdir("/proc/self/fd")) <= fds + 3
+    cache.close()
+    assert len(os.listdir("/proc/self/fd")) == fds
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "hdf5"])
+def test_xarray_reads_a_shard_with_named_dims(tmp_path, fmt):
+    xr = pytest.importorskip("xarray")
+    data = fill(tmp_path, fmt, {"a.mp4": 3, "b.mp4": 20})
+    (shard,) = storage.shard_paths(tmp_path)
+    ds = xr.open_zarr(shard) if fmt == "zarr" else xr.open_dataset(shard)
+    assert ds["features"].dims == ("frame", "feature")
+    assert ds["timestamps"].dims == ("frame",)
+    assert ds["video_ids"].dims == ds["checksums"].dims == ("video",)
+    assert ds.sizes["frame"] == 23 and ds.sizes["feature"] == 16 and ds.sizes["video"] == 2
+    off = ds["offsets"].values
+    np.testing.assert_array_equal(ds["features"].values[off[1]:off[2]], data["b.mp4"][0])
+    assert list(ds["video_ids"].values) == ["a.mp4", "b.mp4"]
+    ds.close()
+
+
+def test_small_hdf5_shards_are_no_larger_than_zarr(tmp_path):
+    def size(p):
+        return p.stat().st_size if p.is_file() else sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+    rng = np.random.default_rng(0)
+    for frames in (38, 300, 1024):  # up to one writer buffer; beyond it see bench/cache_scale.py
+        sizes = {}
+        for fmt in ("zarr", "hdf5"):
+            with storage.CacheWriter(tmp_path / f"{fmt}{frames}", dim=768, dtype="float16",
+                                     fingerprint=FP) as w:
+                sw = w.shard_writer(w.allocate_shard(fmt))
+                for k in range(2):
+                    f = rng.standard_normal((frames // 2, 768)).astype("float16")
+                    sw.add(f"v{k}.mp4", f, np.arange(frames // 2, dtype="float32"))
+                sizes[fmt] = size(sw.commit())
+        assert sizes["hdf5"] <= 1.1 * sizes["zarr"], (frames, sizes)
+
+
+def test_index_is_rebuilt_from_the_shards(tmp_path):
+    import shutil
+
+    data = fill(tmp_path, "zarr", {"a.mp4": 3, "b.mp4": 4})
+    data.update(fill(tmp_path, "hdf5", {"c.mp4": 5}))
+    shutil.rmtree(tmp_path / "index")
+    (tmp_path / "index.json").unlink()
+    (tmp_path / "cache.json").unlink()
+    with pytest.raises(storage.CacheError, match="--rebuild-index"):
+        storage.open_cache(tmp_path)
+    assert not storage.verify(tmp_path).ok
+    proc = run_module("storage", "verify", "--rebuild-index", tmp_path)
+    assert "3 videos" in proc.stdout
+    cache = storage.open_cache(tmp_path)
+    assert cache.fingerprint == FP and cache.video_ids == ["a.mp4", "b.mp4", "c.mp4"]
+    for vid, (f, _) in data.items():
+        np.testing.assert_array_equal(cache.features(vid), f)
+    assert storage.verify(tmp_path).ok
+
+
+def test_cache_of_an_older_format_names_the_rebuild(tmp_path):
+    fill(tmp_path, "zarr", {"a.mp4": 3})
+    info = json.loads((tmp_path / "cache.json").read_text())
+    (tmp_path / "cache.json").write_text(json.dumps({**info, "format_version": 1}))
+    for call in (lambda: storage.open_cache(tmp_path),
+                 lambda: storage.CacheWriter(tmp_path, dim=16, dtype="float16", fingerprint=FP)):
+        with pytest.raises(storage.CacheError, match=r"older version.*--rebuild-index"):
+            call()
+    storage.rebuild_index(tmp_path)
+    assert storage.open_cache(tmp_path).video_ids == ["a.mp4"]
+
+
+def test_each_shard_carries_its_fingerprint(tmp_path):
+    fill(tmp_path, "zarr", {"a.mp4": 3})
+    (shard,) = storage.shard_paths(tmp_path)
+    assert zarr.open_group(str(shard), mode="r").attrs["fingerprint"] == FP
+    (tmp_path / "cache.json").unlink()
+    other = {**FP, "fps": 2.0}
+    # cache.json lost: the shards still refuse features made with other settings
+    with pytest.raises(storage.FingerprintMismatch, match=r"fps: 1\.0 in the cache, 2\.0 now"):
+        storage.CacheWriter(tmp_path, dim=16, dtype="float16", fingerprint=other)
+    storage.CacheWriter(tmp_path, dim=16, dtype="float16", fingerprint=FP).close()  # restores it
+    assert json.loads((tmp_path / "cache.json").read_text())["fingerprint"] == FP
+    # a producer with other settings is refused at commit (a worker that loaded another model)
+    with storage.CacheWriter(tmp_path, dim=16, dtype="float16", fingerprint=FP) as w:
+        sw = storage.ShardWriter(w.allocate_shard("hdf5"), 16, fingerprint=other)
+        sw.add("b.mp4", np.zeros((2, 16)), np.zeros(2))
+        with pytest.raises(storage.FingerprintMismatch, match="fps"):
+            sw.commit()
+        sw.abort()
+    assert storage.open_cache(tmp_path).video_ids == ["a.mp4"]
+
+
+def test_verify_reports_a_foreign_shard_even_without_cache_json(tmp_path):
+    import shutil
+
+    fill(tmp_path / "c", "zarr", {"a.mp4": 3})
+    other = tmp_path / "other"
+    with storage.CacheWriter(other, dim=16, dtype="float16", fingerprint={**FP, "fps": 2.0}) as w:
+        sw = w.shard_writer(w.allocate_shard("zarr"))
+        sw.add("b.mp4", np.zeros((2, 16)), np.zeros(2))
+        sw.commit()
+    # smuggled in behind the writer's back: the shard and its index entry
+    shutil.copytree(other / "shards" / "part-00000.zarr", tmp_path / "c" / "shards" / "part-00001.zarr")
+    entry = json.loads((other / "index" / "part-00000.zarr.json").read_text())
+    (tmp_path / "c" / "index" / "part-00001.zarr.json").write_text(
+        json.dumps({**entry, "shard": "part-00001.zarr"}))
+    rep = storage.verify(tmp_path / "c")
+    assert not rep.ok and any("fps" in p and "part-00001" in p for p in rep.problems), rep.problems
+    (tmp_path / "c" / "cache.json").unlink()
+    rep = storage.verify(tmp_path / "c")
+    assert any("different settings" in p for p in rep.problems), rep.problems
 
 
 def test_info_cli_and_failures(tmp_path):

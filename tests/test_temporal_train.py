@@ -237,3 +237,13 @@ def test_full_length_evaluation_warns_when_training_saw_fewer_frames(tmp_path):
     run = temporal.train(cache, labels, tmp_path / "all", TINY, epochs=1, frames=30, log=quiet)
     temporal.evaluate(run, "test", eval_mode="full", log=lines.append)
     assert not any("warning" in s for s in lines)
+
+
+def test_train_on_a_damaged_cache_names_the_shard(tmp_path):
+    cache, labels = class_task(tmp_path, videos=12, classes=2)
+    shard = storage.shard_paths(cache)[0]
+    chunks = sorted(p for p in (shard / "features").rglob("*") if p.is_file() and p.name != "zarr.json")
+    chunks[0].write_bytes(b"not a zstd frame")
+    proc = cli("train", "--cache", cache, "--labels", labels, "--out", tmp_path / "r", check=False)
+    assert proc.returncode == 2 and shard.name in proc.stderr and "--repair" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
