@@ -38,7 +38,12 @@ def imported_modules(path: Path) -> set[str]:
 def test_each_stage_depends_on_its_own_script_and_exactly_the_params_it_reads():
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     scripts = stage_scripts()
-    assert set(stages) == set(scripts)
+    assert set(stages) == set(scripts) - {"eventbench"}  # the events benchmark's own prepare
+    bench = yaml.safe_load((REPO / "eventbench" / "dvc.yaml").read_text())["stages"]
+    for name, stage in bench.items():  # its stages run the same scripts, its prepare its own
+        script = "eventbench" if name == "prepare" else name
+        assert stage.get("do", stage)["cmd"].startswith(f"python -m pipeline.stages.{script} "), name
+        assert f"../pipeline/stages/{script}.py" in stage.get("do", stage)["deps"], name
     for name, stage in stages.items():
         stage = stage.get("do", stage)
         deps = set(stage["deps"])
