@@ -39,7 +39,8 @@ class ExtractConfig:
     # throughput
     batch_size: int = 32
     device: str = "auto"  # auto | cpu | cuda
-    amp: bool = True  # bfloat16 autocast on CUDA (ignored on the CPU)
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast); auto: what the device runs natively
+    compile: bool = False  # torch.compile the backbone (pays off on long runs only; see docs/extract.md)
     threads: int = 0  # torch intra-op threads per extraction process; 0 = the cores it may use
     decoders: int = 1  # decoder subprocesses per extraction process
     # cache
@@ -79,6 +80,8 @@ class ExtractConfig:
             raise ExtractError("no sampling policy: set fps, every or num_frames")
         if self.dtype not in ("float16", "float32"):
             raise ExtractError(f"dtype must be float16 or float32, got {self.dtype!r}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ExtractError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         if self.format not in ("zarr", "hdf5"):
             raise ExtractError(f"format must be zarr or hdf5, got {self.format!r}")
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
