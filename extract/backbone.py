@@ -346,3 +346,12 @@ def load_backbone(cfg: ExtractConfig, device: torch.device | None = None) -> Bac
 
 def as_storage(features: torch.Tensor, dtype: str) -> np.ndarray:
     return features.numpy().astype(dtype, copy=False)
+
+
+def fidelity(feats: torch.Tensor, ref: torch.Tensor) -> dict:
+    """How close features [N, D] are to reference ones (e.g. fp32): per-frame cosine, relative error."""
+    feats, ref = feats.float(), ref.float()
+    cos = torch.nn.functional.cosine_similarity(feats, ref, dim=1)
+    rel = (feats - ref).norm(dim=1) / ref.norm(dim=1).clamp_min(1e-12)
+    return {"frames": len(cos), "cos_median": float(cos.median()), "cos_min": float(cos.min()),
+            "relerr_median": float(rel.median()), "relerr_max": float(rel.max())}
