@@ -18,11 +18,13 @@ from extract.backbone import build_model, load_backbone, state_digest
 from pipeline.synth import index_frames, write_video
 from tests.conftest import REPO, run_module
 
-# a random-init ViT-Tiny cut to 2 blocks on 32x32 inputs: real timm code, fast to build and run
+# a random-init ViT-Tiny cut to 2 blocks on 32x32 inputs: real timm code, fast to build and run;
+# fp32 on every machine (`auto` depends on the CPU; tests/test_extract_precision.py covers it)
 TINY = dict(model="vit_tiny_patch16_224", model_kwargs={"img_size": 32, "depth": 2}, pretrained=False,
-            batch_size=8, progress=False, videos_per_shard=2)
+            batch_size=8, progress=False, videos_per_shard=2, precision="fp32")
 TINY_CLI = ["--model", "vit_tiny_patch16_224", "--model-kwargs", json.dumps(TINY["model_kwargs"]),
-            "--no-pretrained", "--batch-size", "8", "--videos-per-shard", "2", "--no-progress"]
+            "--no-pretrained", "--batch-size", "8", "--videos-per-shard", "2", "--no-progress",
+            "--precision", "fp32"]
 VIDEOS = {  # id -> (frames, fps)
     "a.mp4": (50, 25), "b.mp4": (40, 10), "sub/c.mp4": (60, 30), "sub/deeper/d.mkv": (30, 15),
     "sub2/c.mp4": (24, 12),  # same file name as sub/c.mp4 in another folder: a distinct id
