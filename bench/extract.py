@@ -123,17 +123,27 @@ def naive_frames(bb, cfg: ExtractConfig, videos: list) -> int:
 
 
 def cli_run(args: list[str], env: dict, logs: Path) -> tuple[float, float]:
-    """(frames/s while extracting, peak RSS in MB) of one `python -m extract` run."""
+    """(frames/s while extracting, peak RSS in MB) of one `python -m extract` run.
+
+    Peak RSS is the child's VmHWM, polled: getrusage/wait4 would report at least this process's own
+    size, which Linux carries over into a child's ru_maxrss across fork + exec.
+    """
+    hwm = 0
     with open(logs / "out.txt", "w") as out, open(logs / "err.txt", "w") as err:
         proc = subprocess.Popen([sys.executable, "-m", "extract", *args], stdout=out, stderr=err, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS (not the max of all children)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        while proc.poll() is None:
+            try:
+                status = Path(f"/proc/{proc.pid}/status").read_text()
+                hwm = max(hwm, int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)))
+            except (OSError, AttributeError):
+                pass  # exiting
+            time.sleep(0.05)
     text = (logs / "out.txt").read_text()
     if proc.returncode != 0:
         err = (logs / "err.txt").read_text()
         raise RuntimeError(f"extract {args} failed ({proc.returncode}):\n{text}\n{err}")
     m = re.search(r"\(([\d.]+) frames/s while extracting\)", text)
-    return float(m.group(1)), usage.ru_maxrss / 1024
+    return float(m.group(1)), hwm / 1024
 
 
 def real_frames(paths: list[str], geometry: dict) -> torch.Tensor:
