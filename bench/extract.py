@@ -142,7 +142,7 @@ def cli_run(args: list[str], env: dict, logs: Path) -> tuple[float, float]:
     if proc.returncode != 0:
         err = (logs / "err.txt").read_text()
         raise RuntimeError(f"extract {args} failed ({proc.returncode}):\n{text}\n{err}")
-    m = re.search(r"\(([\d.]+) frames/s while extracting\)", text)
+    m = re.search(r"\(([\d.]+) frames/s while extracting", text)
     return float(m.group(1)), hwm / 1024
 
 

@@ -41,7 +41,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the backbone (compile time is in the summary line)")
     g.add_argument("--threads", type=int, default=d.threads, help="torch threads (0: all cores)")
-    g.add_argument("--decoders", type=int, default=d.decoders, help="decoder subprocesses per process")
+    g.add_argument("--decoders", type=int, default=d.decoders,
+                   help="decoder subprocesses per process (0: 1 on the CPU, cores - 1 with a GPU)")
     g = ap.add_argument_group("cache")
     g.add_argument("--dtype", choices=["float16", "float32"], default=d.dtype)
     g.add_argument("--format", choices=["zarr", "hdf5"], default=d.format)

@@ -42,7 +42,7 @@ class ExtractConfig:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast); auto: what the device runs natively
     compile: bool = False  # torch.compile the backbone (pays off on long runs only; see docs/extract.md)
     threads: int = 0  # torch intra-op threads per extraction process; 0 = the cores it may use
-    decoders: int = 1  # decoder subprocesses per extraction process
+    decoders: int = 0  # decoder subprocesses per extraction process; 0: 1 on the CPU, cores - 1 with a GPU
     # cache
     dtype: str = "float16"
     format: str = "zarr"  # zarr | hdf5
@@ -70,7 +70,7 @@ class ExtractConfig:
                 kind = "a positive integer" if integer else "a positive number"
                 raise ExtractError(f"{name} must be {kind}, got {v!r}")
 
-        for name in ("every", "num_frames", "max_frames", "batch_size", "videos_per_shard", "decoders"):
+        for name in ("every", "num_frames", "max_frames", "batch_size", "videos_per_shard"):
             positive(name)
         positive("fps", integer=False)
         positive("decode_timeout", integer=False)
@@ -86,8 +86,8 @@ class ExtractConfig:
             raise ExtractError(f"format must be zarr or hdf5, got {self.format!r}")
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
             raise ExtractError(f"device must be auto, cpu or cuda, got {self.device!r}")
-        if self.workers < 0 or self.threads < 0:
-            raise ExtractError("workers and threads must be >= 0")
+        if self.workers < 0 or self.threads < 0 or self.decoders < 0:
+            raise ExtractError("workers, threads and decoders must be >= 0")
 
     def sampling(self) -> dict:
         """The active sampling policy, as recorded in the cache fingerprint."""

@@ -141,7 +141,7 @@ class _VideoState:
     __slots__ = ("expected", "feats", "inferred", "info", "ts")
 
     def __init__(self) -> None:
-        self.feats: list[torch.Tensor] = []
+        self.feats: list[np.ndarray] = []  # in the storage dtype as they come, not float32 until the end
         self.ts: list[np.ndarray] = []
         self.inferred = 0
         self.expected: int | None = None
@@ -179,7 +179,7 @@ class Extractor:
             if st.expected == 0:
                 sink.video_failed(i, f"{videos[i].path}: no frame could be decoded")
             else:
-                feats = torch.cat(st.feats).numpy().astype(cfg.dtype)
+                feats = np.concatenate(st.feats)
                 ts = np.concatenate(st.ts).astype(np.float32)
                 self.frames += len(feats)
                 sink.video_done(i, feats, ts)
@@ -205,7 +205,7 @@ class Extractor:
                     e += 1
                 st = state.get(i)
                 if st is not None:
-                    st.feats.append(y[r:e].clone())
+                    st.feats.append(y[r:e].numpy().astype(cfg.dtype))  # a copy, in the storage dtype
                     st.inferred += e - r
                     touched.append(i)
                 r = e
@@ -214,8 +214,8 @@ class Extractor:
                 finish(i)
 
         pool = DecoderPool([(i, v.path) for i, v in enumerate(videos)], policy=cfg.sampling(),
-                           geometry=bb.geometry, decoders=cfg.decoders, fault_tol=cfg.fault_tol,
-                           timeout=cfg.decode_timeout, nice=self.nice, procs=procs)
+                           geometry=bb.geometry, decoders=decoder_count(cfg, bb.device),
+                           fault_tol=cfg.fault_tol, timeout=cfg.decode_timeout, nice=self.nice, procs=procs)
         try:
             for ev in pool:
                 if isinstance(ev, Frames):
@@ -281,6 +281,8 @@ class Summary:
         return self.failed == 0
 
     extract_seconds: float = 0.0  # without start-up (model load, cache scan)
+    precision: str = ""  # the backbone's compute precision (fp32 | bf16 | fp16)
+    compile_seconds: float = 0.0  # torch.compile at start-up (0: not compiled)
     model_seconds: float = 0.0  # time in the backbone (the rest of extract_seconds: waiting, writing)
 
     @property
@@ -291,9 +293,11 @@ class Summary:
         fail = "0 failed"
         if self.failed:
             fail = f"{self.failed} failed (see {Path(self.cache) / 'failures.jsonl'})"
+        compiled = f", compiled in {self.compile_seconds:.1f} s" if self.compile_seconds else ""
         return (f"extract: {self.videos} videos: {self.done} done, {self.skipped} skipped (already cached), "
                 f"{fail}; {self.frames} frames in {self.seconds:.1f} s "
-                f"({self.fps:.1f} frames/s while extracting) -> {self.cache}")
+                f"({self.fps:.1f} frames/s while extracting, {self.precision or '?'}"
+                f"{compiled}) -> {self.cache}")
 
 
 def provenance(bb: Backbone) -> dict:
@@ -305,6 +309,8 @@ def provenance(bb: Backbone) -> dict:
         "python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
         "decord": decord.__version__, "av": av.__version__, "numpy": np.__version__,
         "weights_source": bb.source, "device": str(bb.device), "host": socket.gethostname(),
+        "memory_format": "channels_last" if bb.channels_last else "contiguous",
+        "compiled": bb.compile_seconds > 0,
     }
 
 
@@ -313,6 +319,25 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+def decoder_count(cfg: ExtractConfig, device: torch.device) -> int:
+    """`cfg.decoders`, or for 0: one beside a CPU model (one decoder reads ~300 sampled frames/s at
+    1 frame/s, the model 20-100), one per remaining core beside a GPU."""
+    if cfg.decoders:
+        return cfg.decoders
+    return max(1, usable_cores() - 1) if device.type == "cuda" else 1
+
+
+def worker_rank() -> int | None:
+    """This dask worker's number (a LocalCluster names its workers 0..N-1); None elsewhere."""
+    try:
+        from distributed import get_worker
+
+        name = get_worker().name
+    except (ImportError, ValueError):
+        return None
+    return name if isinstance(name, int) else int(name) if str(name).isdigit() else None
 
 
 def _set_threads(cfg: ExtractConfig, share: int = 1) -> None:
@@ -349,7 +374,8 @@ def run(config: ExtractConfig, videos_dir: str | os.PathLike, out_dir: str | os.
     if not distributed:
         _set_threads(cfg)
         # start the decoders now: their start-up (imports) overlaps the model's
-        procs = [spawn_decoder(DECODER_NICE) for _ in range(min(cfg.decoders, max(1, len(videos))))]
+        procs = [spawn_decoder(DECODER_NICE)
+                 for _ in range(min(decoder_count(cfg, device), max(1, len(videos))))]
     try:
         return _run(cfg, videos, device, distributed, procs, out_dir, t0, backbone, repair)
     finally:
@@ -358,7 +384,8 @@ def run(config: ExtractConfig, videos_dir: str | os.PathLike, out_dir: str | os.
 
 def _run(cfg, videos, device, distributed, procs, out_dir, t0, bb, repair=False) -> Summary:
     bb = bb or load_backbone(cfg, device)
-    summary = Summary(cache=str(out_dir), videos=len(videos))
+    summary = Summary(cache=str(out_dir), videos=len(videos), precision=bb.precision,
+                      compile_seconds=bb.compile_seconds)
     with storage.CacheWriter(out_dir, dim=bb.dim, dtype=cfg.dtype, fingerprint=bb.fingerprint(cfg),
                              provenance=provenance(bb)) as cache:
         if repair:  # under the lock: nobody else is writing
@@ -464,7 +491,7 @@ def shard_task(cfg_dict: dict, items: list[tuple[str, str]], shard_path: str, dr
     if _WORKER.get("key") != key:
         _set_threads(cfg, share)
         _WORKER.clear()
-        _WORKER.update(key=key, bb=load_backbone(cfg))
+        _WORKER.update(key=key, bb=load_backbone(cfg, pick_device(cfg.device, worker_rank())))
     bb = _WORKER["bb"]
     videos = [VideoFile(p, i) for p, i in items]
     path = Path(shard_path)

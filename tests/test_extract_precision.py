@@ -16,6 +16,7 @@ from extract.backbone import (
     pick_precision,
 )
 from extract.decode import decode_video
+from extract.engine import decoder_count, usable_cores, worker_rank
 from pipeline.demo import DemoConfig, Segment, render
 from pipeline.synth import write_video
 from tests.conftest import run_module
@@ -59,12 +60,17 @@ def test_auto_precision_follows_the_hardware_and_the_model(monkeypatch, caps, vi
         ExtractConfig(precision="int8")
 
 
-def test_workers_spread_over_gpus(monkeypatch):
+def test_workers_spread_over_gpus_and_decoders_follow_the_device(monkeypatch):
+    assert worker_rank() is None  # not in a dask worker
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
     assert [pick_device("cuda", r) for r in range(4)] == [torch.device("cuda", i) for i in (0, 1, 2, 0)]
     assert pick_device("cuda:2", 0) == torch.device("cuda:2")  # an explicit GPU stays
     assert pick_device("auto").type == "cuda"
+    cfg = ExtractConfig()
+    assert decoder_count(cfg, torch.device("cpu")) == 1
+    assert decoder_count(cfg, torch.device("cuda")) == max(1, usable_cores() - 1)
+    assert decoder_count(ExtractConfig(decoders=3), torch.device("cpu")) == 3
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +126,7 @@ def test_precision_is_in_the_fingerprint_and_a_cache_never_mixes(tmp_path, make_
     out = tmp_path / "cache"
     s = run(tiny(), vids, out)  # fp32
     assert s.ok and storage.open_cache(out).fingerprint["compute"] == "float32"  # as before --precision
+    assert "while extracting, fp32)" in s.line()
     with pytest.raises(storage.FingerprintMismatch, match="compute: 'float32' in the cache, "
                                                           "'bfloat16-autocast' now"):
         run(tiny(precision="bf16"), vids, out)
@@ -145,9 +152,13 @@ def test_float16_overflow_is_an_error_not_a_cache_of_inf(one_thread):
 
 
 @pytest.mark.slow
-def test_compiled_backbone_matches_eager(one_thread):
+def test_compiled_backbone_matches_eager(tmp_path, make_video, one_thread):
     eager = load_backbone(tiny())
     compiled = load_backbone(tiny(compile=True))
     assert compiled.compile_seconds > 0 and eager.compile_seconds == 0
     pix = torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(compiled.embed(pix), eager.embed(pix), rtol=1e-4, atol=1e-4)
+    make_video("v/a.mp4", frames=40, fps=10, size=(48, 64))
+    s = run(tiny(compile=True), tmp_path / "v", tmp_path / "cache", backbone=compiled)
+    assert s.ok and s.frames == 4 and f"compiled in {compiled.compile_seconds:.1f} s" in s.line()
+    assert storage.open_cache(tmp_path / "cache").info["provenance"]["compiled"] is True
