@@ -35,9 +35,14 @@ def parser() -> argparse.ArgumentParser:
     g = ap.add_argument_group("throughput")
     g.add_argument("--batch-size", type=int, default=d.batch_size)
     g.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N (auto: cuda when present)")
-    g.add_argument("--no-amp", dest="amp", action="store_false", help="no bfloat16 autocast on CUDA")
+    g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=d.precision,
+                   help="compute precision (autocast); auto: bf16 or fp16 where the device runs it "
+                        "natively (CUDA, CPUs with AVX-512-BF16/AMX), else fp32. Part of the fingerprint")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the backbone (compile time is in the summary line)")
     g.add_argument("--threads", type=int, default=d.threads, help="torch threads (0: all cores)")
-    g.add_argument("--decoders", type=int, default=d.decoders, help="decoder subprocesses per process")
+    g.add_argument("--decoders", type=int, default=d.decoders,
+                   help="decoder subprocesses per process (0: 1 on the CPU, cores - 1 with a GPU)")
     g = ap.add_argument_group("cache")
     g.add_argument("--dtype", choices=["float16", "float32"], default=d.dtype)
     g.add_argument("--format", choices=["zarr", "hdf5"], default=d.format)
@@ -75,7 +80,11 @@ def main(argv: list[str] | None = None) -> int:
 
         summary = run(cfg, videos, out, repair=repair)
     except (ExtractError, CacheError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        hint = ""
+        if "\n  compute:" in str(e):  # e.g. a cache made in fp32 before `auto` picked bf16/fp16
+            hint = ("\n--precision fp32 | bf16 | fp16 picks the compute precision "
+                    "(float32 | bfloat16-autocast | float16-autocast)")
+        print(f"error: {e}{hint}", file=sys.stderr)
         return 2
     except CorruptShardError as e:
         print(f"error: {e}\nThe cache holds a damaged shard (`python -m storage verify {out}` lists them): "

@@ -42,9 +42,10 @@ class ExtractConfig:
     # throughput
     batch_size: int = 32
     device: str = "auto"  # auto | cpu | cuda | cuda:N (storage.device.pick_device)
-    amp: bool = True  # bfloat16 autocast on CUDA (ignored on the CPU)
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast); auto: what the device runs natively
+    compile: bool = False  # torch.compile the backbone (pays off on long runs only; see docs/extract.md)
     threads: int = 0  # torch intra-op threads per extraction process; 0 = the cores it may use
-    decoders: int = 1  # decoder subprocesses per extraction process
+    decoders: int = 0  # decoder subprocesses per extraction process; 0: 1 on the CPU, cores - 1 with a GPU
     # cache
     dtype: str = "float16"
     format: str = "zarr"  # zarr | hdf5
@@ -72,7 +73,7 @@ class ExtractConfig:
                 kind = "a positive integer" if integer else "a positive number"
                 raise ExtractError(f"{name} must be {kind}, got {v!r}")
 
-        for name in ("every", "num_frames", "max_frames", "batch_size", "videos_per_shard", "decoders"):
+        for name in ("every", "num_frames", "max_frames", "batch_size", "videos_per_shard"):
             positive(name)
         positive("fps", integer=False)
         positive("decode_timeout", integer=False)
@@ -82,12 +83,14 @@ class ExtractConfig:
             raise ExtractError("no sampling policy: set fps, every or num_frames")
         if self.dtype not in ("float16", "float32"):
             raise ExtractError(f"dtype must be float16 or float32, got {self.dtype!r}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ExtractError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         if self.format not in ("zarr", "hdf5"):
             raise ExtractError(f"format must be zarr or hdf5, got {self.format!r}")
         if not is_device_name(self.device):
             raise ExtractError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
-        if self.workers < 0 or self.threads < 0:
-            raise ExtractError("workers and threads must be >= 0")
+        if self.workers < 0 or self.threads < 0 or self.decoders < 0:
+            raise ExtractError("workers, threads and decoders must be >= 0")
 
     def sampling(self) -> dict:
         """The active sampling policy, as recorded in the cache fingerprint."""

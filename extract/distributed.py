@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import storage.lock
-from extract.backbone import load_backbone
+from extract.backbone import device_for, load_backbone
 from extract.batcher import Extractor, set_threads
 from extract.config import ExtractConfig
 from extract.decoder import PKG_ROOT
@@ -31,6 +31,17 @@ def lease_ok(root: Path, driver_pid: int, driver_host: str) -> bool:
     if driver_host != socket.gethostname():
         return True  # cannot see another host's processes; the driver's lock still guards the cache
     return storage.lock.held_by(root, driver_pid)
+
+
+def worker_rank() -> int | None:
+    """This dask worker's number (a LocalCluster names its workers 0..N-1); None elsewhere."""
+    try:
+        from distributed import get_worker
+
+        name = get_worker().name
+    except (ImportError, ValueError):
+        return None
+    return name if isinstance(name, int) else int(name) if str(name).isdigit() else None
 
 
 _WORKER: dict = {}  # per worker process: the loaded backbone and the settings it was loaded for
@@ -48,7 +59,7 @@ def shard_task(cfg_dict: dict, items: list[tuple[str, str]], shard_path: str, dr
     if _WORKER.get("key") != key:
         set_threads(cfg, share)
         _WORKER.clear()
-        _WORKER.update(key=key, bb=load_backbone(cfg))
+        _WORKER.update(key=key, bb=load_backbone(cfg, device_for(cfg, worker_rank())))
     bb = _WORKER["bb"]
     videos = [VideoFile(p, i) for p, i in items]
     path = Path(shard_path)

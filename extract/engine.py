@@ -28,7 +28,7 @@ import torch
 
 import storage
 from extract.backbone import Backbone, device_for, load_backbone
-from extract.batcher import DECODER_NICE, Extractor, set_threads
+from extract.batcher import DECODER_NICE, Extractor, decoder_count, set_threads
 from extract.config import ExtractConfig
 from extract.decoder import kill_all, spawn_decoder
 from extract.discover import Plan, find_videos, groups_of
@@ -54,6 +54,8 @@ class Summary:
     # --repair: damaged shard moved to CACHE/quarantine/ -> the video ids it held (None: unreadable)
     repaired: dict[str, list[str] | None] = field(default_factory=dict)
     extract_seconds: float = 0.0  # without start-up (model load, cache scan)
+    precision: str = ""  # the backbone's compute precision (fp32 | bf16 | fp16)
+    compile_seconds: float = 0.0  # torch.compile at start-up (0: not compiled)
     model_seconds: float = 0.0  # time in the backbone (the rest of extract_seconds: waiting, writing)
 
     @property
@@ -68,9 +70,11 @@ class Summary:
         fail = "0 failed"
         if self.failed:
             fail = f"{self.failed} failed (see {Path(self.cache) / 'failures.jsonl'})"
+        compiled = f", compiled in {self.compile_seconds:.1f} s" if self.compile_seconds else ""
         return (f"extract: {self.videos} videos: {self.done} done, {self.skipped} skipped (already cached), "
                 f"{fail}; {self.frames} frames in {self.seconds:.1f} s "
-                f"({self.fps:.1f} frames/s while extracting) -> {self.cache}")
+                f"({self.fps:.1f} frames/s while extracting, {self.precision or '?'}"
+                f"{compiled}) -> {self.cache}")
 
 
 def provenance(bb: Backbone) -> dict:
@@ -82,6 +86,8 @@ def provenance(bb: Backbone) -> dict:
         "python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
         "decord": decord.__version__, "av": av.__version__, "numpy": np.__version__,
         "weights_source": bb.source, "device": str(bb.device), "host": socket.gethostname(),
+        "memory_format": "channels_last" if bb.channels_last else "contiguous",
+        "compiled": bb.compile_seconds > 0,
     }
 
 
@@ -106,10 +112,12 @@ def run(config: ExtractConfig, videos_dir: str | os.PathLike, out_dir: str | os.
     if not distributed:
         set_threads(cfg)
         # start the decoders now: their start-up (imports) overlaps the model's
-        procs = [spawn_decoder(DECODER_NICE) for _ in range(min(cfg.decoders, max(1, len(videos))))]
+        procs = [spawn_decoder(DECODER_NICE)
+                 for _ in range(min(decoder_count(cfg, device), max(1, len(videos))))]
     try:
         bb = backbone or load_backbone(cfg, device)
-        summary = Summary(cache=str(out_dir), videos=len(videos))
+        summary = Summary(cache=str(out_dir), videos=len(videos), precision=bb.precision,
+                          compile_seconds=bb.compile_seconds)
         with storage.CacheWriter(out_dir, dim=bb.dim, dtype=cfg.dtype, fingerprint=bb.fingerprint(cfg),
                                  provenance=provenance(bb)) as cache:
             if repair:  # under the lock: nobody else is writing

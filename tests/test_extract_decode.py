@@ -137,7 +137,7 @@ def test_preprocessing_equals_timm_transform(cfg, shape):
     ours = Preprocessor(geo)(frame)
     mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(cfg["std"]).view(1, 3, 1, 1)
-    bb = Backbone(None, "", torch.device("cpu"), cfg, geo, mean, std, 0, "", "", False)
+    bb = Backbone(None, "", torch.device("cpu"), cfg, geo, mean, std, 0, "", "", "fp32", False, None)
     x = bb.normalize(torch.from_numpy(ours.copy())[None])[0]
     ref = create_transform(**cfg)(Image.fromarray(frame))
     assert x.shape == ref.shape

@@ -11,7 +11,8 @@ from extract.decode import Preprocessor
 
 @pytest.fixture(scope="module")
 def lite0():
-    cfg = ExtractConfig(model="tf_efficientnet_lite0", progress=False)  # pretrained: the package's weights
+    # pretrained: the package's weights; fp32 so that the stored embedding is exactly the classifier's input
+    cfg = ExtractConfig(model="tf_efficientnet_lite0", precision="fp32", progress=False)
     return cfg, *build_model(cfg)  # with its ImageNet classifier
 
 

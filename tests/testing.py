@@ -38,11 +38,13 @@ def run_module(module: str, *args: str, check: bool = True, timeout: float = 600
 # ---------------------------------------------------------------------------------------------
 # the tiny backbone and cache comparison
 
-# a random-init ViT-Tiny cut to 2 blocks on 32x32 inputs: real timm code, fast to build and run
+# a random-init ViT-Tiny cut to 2 blocks on 32x32 inputs: real timm code, fast to build and run;
+# fp32 on every machine (`auto` depends on the CPU; tests/test_extract_precision.py covers it)
 TINY = dict(model="vit_tiny_patch16_224", model_kwargs={"img_size": 32, "depth": 2}, pretrained=False,
-            batch_size=8, progress=False, videos_per_shard=2)
+            batch_size=8, progress=False, videos_per_shard=2, precision="fp32")
 TINY_CLI = ["--model", "vit_tiny_patch16_224", "--model-kwargs", json.dumps(TINY["model_kwargs"]),
-            "--no-pretrained", "--batch-size", "8", "--videos-per-shard", "2", "--no-progress"]
+            "--no-pretrained", "--batch-size", "8", "--videos-per-shard", "2", "--no-progress",
+            "--precision", "fp32"]
 
 
 def tiny(**kw) -> ExtractConfig:

@@ -16,7 +16,7 @@ import storage
 from pipeline.params import load_params, stage_parser
 
 # settings that cannot change the features: changing one must not re-run the stage
-NOT_FEATURES = ("batch_size", "threads", "decoders", "videos_per_shard", "workers", "scheduler",
+NOT_FEATURES = ("batch_size", "compile", "threads", "decoders", "videos_per_shard", "workers", "scheduler",
                 "decode_timeout", "extensions", "progress")
 PARAMS = [f"extract.{f.name}" for f in dataclasses.fields(extract.ExtractConfig)
           if f.name not in NOT_FEATURES]
