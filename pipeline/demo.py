@@ -19,6 +19,7 @@ adding videos never changes the earlier ones. Images come from scikit-image (off
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +52,8 @@ class Segment:
     seconds: float
 
 
-def _image(name: str) -> Image.Image:
+def photo(name: str) -> Image.Image:
+    """A scikit-image photo as RGB ("cat" is `chelsea`); grey ones are made RGB."""
     from skimage import data
 
     arr = getattr(data, "chelsea" if name == "cat" else name)()
@@ -84,24 +86,28 @@ def plan(i: int, cfg: DemoConfig) -> tuple[list[Segment], dict]:
     return segments, labels
 
 
+def pan_zoom(img: Image.Image, n: int, out: tuple[int, int], rng: np.random.Generator
+             ) -> Iterator[np.ndarray]:
+    """`n` frames of size `out` panning and zooming slowly between two random crops of `img`
+    (with the output's aspect, 60 % to 95 % of the photo)."""
+    w, h = img.size
+    boxes = []
+    for _ in range(2):
+        s = rng.uniform(0.6, 0.95)
+        bw, bh = min(w, h * out[0] / out[1]) * s, min(h, w * out[1] / out[0]) * s
+        x, y = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
+        boxes.append(np.array([x, y, x + bw, y + bh]))
+    for k in range(n):
+        box = boxes[0] + (boxes[1] - boxes[0]) * (k / max(1, n - 1))
+        yield np.asarray(img.resize(out, Image.BILINEAR, box=tuple(box)))
+
+
 def render(segments: list[Segment], cfg: DemoConfig, rng: np.random.Generator):
     """Frames of the video: each segment pans and zooms slowly across its photo."""
     images: dict[str, Image.Image] = {}
-    out = (cfg.width, cfg.height)
     for seg in segments:
-        img = images.setdefault(seg.image, _image(seg.image))
-        w, h = img.size
-        n = max(1, round(seg.seconds * cfg.fps))
-        # crop boxes with the output aspect, from 60% to 95% of the photo, start and end
-        boxes = []
-        for _ in range(2):
-            s = rng.uniform(0.6, 0.95)
-            bw, bh = min(w, h * out[0] / out[1]) * s, min(h, w * out[1] / out[0]) * s
-            x, y = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
-            boxes.append(np.array([x, y, x + bw, y + bh]))
-        for k in range(n):
-            box = boxes[0] + (boxes[1] - boxes[0]) * (k / max(1, n - 1))
-            yield np.asarray(img.resize(out, Image.BILINEAR, box=tuple(box)))
+        img = images.setdefault(seg.image, photo(seg.image))
+        yield from pan_zoom(img, max(1, round(seg.seconds * cfg.fps)), (cfg.width, cfg.height), rng)
 
 
 def make_demo(out_dir: str | Path, cfg: DemoConfig) -> dict[str, Path]:

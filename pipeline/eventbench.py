@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from extract.synth import write_video
+from pipeline.demo import pan_zoom, photo
 
 SCENES = {  # content label -> its filler photos (scikit-image)
     "texture": ("grass", "gravel", "brick"),
@@ -144,15 +145,6 @@ def _clip_frames(name: str) -> tuple[list[Image.Image], float]:
         return [f.to_image() for f in c.decode(video=0)], rate
 
 
-def _photo(name: str) -> Image.Image:
-    from skimage import data
-
-    arr = getattr(data, name)()
-    if arr.ndim == 2:
-        arr = np.stack([arr] * 3, axis=-1)
-    return Image.fromarray(np.ascontiguousarray(arr[..., :3]).astype(np.uint8))
-
-
 def _crop_to(img: Image.Image, size: tuple[int, int]) -> Image.Image:
     w, h = img.size
     s = min(w / size[0], h / size[1])
@@ -172,7 +164,7 @@ class Renderer:
 
     def _source(self, name: str):
         if name not in self.sources:
-            self.sources[name] = _clip_frames(name) if name in ORDER_EVENTS else _photo(name)
+            self.sources[name] = _clip_frames(name) if name in ORDER_EVENTS else photo(name)
         return self.sources[name]
 
     def _render(self, source: str, seconds: int, seed: int) -> np.ndarray:
@@ -185,20 +177,7 @@ class Renderer:
             first = rng.uniform(0, len(clip) - 1 - step * (n - 1))
             idx = np.round(first + np.arange(n) * step).astype(int)
             return np.stack([np.asarray(_crop_to(clip[i], self.size)) for i in idx])
-        # a photo: a slow pan and zoom between two crops of 60-95 % of it
-        w, h = src.size
-        out = self.size
-        boxes = []
-        for _ in range(2):
-            s = rng.uniform(0.6, 0.95)
-            bw, bh = min(w, h * out[0] / out[1]) * s, min(h, w * out[1] / out[0]) * s
-            x, y = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
-            boxes.append(np.array([x, y, x + bw, y + bh]))
-        frames = []
-        for k in range(n):
-            box = boxes[0] + (boxes[1] - boxes[0]) * (k / max(1, n - 1))
-            frames.append(np.asarray(src.resize(out, Image.BILINEAR, box=tuple(box))))
-        return np.stack(frames)
+        return np.stack(list(pan_zoom(src, n, self.size, rng)))  # a photo: a slow pan and zoom
 
     def frames(self, shot: Shot) -> np.ndarray:
         whole = shot.length or shot.seconds
