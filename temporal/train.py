@@ -162,7 +162,7 @@ def feature_std(videos: Videos, rng: np.random.Generator, max_frames: int = 5000
     return x.std(0) + 1e-6
 
 
-def augment(x: torch.Tensor, mask: torch.Tensor, cfg: Config, std: torch.Tensor,
+def augment(x: torch.Tensor, mask: torch.Tensor, cfg: Config, std: torch.Tensor | None,
             rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Feature-space augmentation: Gaussian noise (`aug_noise` x each feature's std) and frames
     dropped at random (`aug_drop`, by masking: every video keeps at least its first frame)."""
@@ -281,7 +281,9 @@ def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: 
 
         log(f"note: {load_pretrained(model, cfg.init, cfg, meta['in_dim'], data.fingerprint)}")
     model = model.to(device)
-    std = torch.from_numpy(feature_std(data.videos, np.random.default_rng(cfg.seed))).to(device)
+    std = None  # only noise augmentation needs the features' spread: no sampling pass otherwise
+    if cfg.aug_noise > 0:
+        std = torch.from_numpy(feature_std(data.videos, np.random.default_rng(cfg.seed))).to(device)
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95),
                             fused=device.type == "cuda")
     n_params = sum(p.numel() for p in model.parameters())
