@@ -57,7 +57,8 @@ class Reader:
     def __init__(self, path: Path, thorough: bool = False):
         import zarr
 
-        self.root = zarr.open_group(str(path), mode="r", use_consolidated=not thorough)
+        # None: the consolidated copy when there is one (shards written before it was added have none)
+        self.root = zarr.open_group(str(path), mode="r", use_consolidated=False if thorough else None)
         self.attrs = dict(self.root.attrs)
         self._arrays: dict = {}
 

@@ -219,12 +219,17 @@ def test_cache_of_an_older_format_names_the_rebuild(tmp_path):
     fill(tmp_path, "zarr", {"a.mp4": 3})
     info = json.loads((tmp_path / "cache.json").read_text())
     (tmp_path / "cache.json").write_text(json.dumps({**info, "format_version": 1}))
+    group = next(tmp_path.glob("shards/*.zarr")) / "zarr.json"  # older shards had no consolidated copy
+    meta = json.loads(group.read_text())
+    assert meta.pop("consolidated_metadata")
+    group.write_text(json.dumps(meta))
     for call in (lambda: storage.open_cache(tmp_path),
                  lambda: storage.CacheWriter(tmp_path, dim=16, dtype="float16", fingerprint=FP)):
         with pytest.raises(storage.CacheError, match=r"older version.*--rebuild-index"):
             call()
     storage.rebuild_index(tmp_path)
-    assert storage.open_cache(tmp_path).video_ids == ["a.mp4"]
+    cache = storage.open_cache(tmp_path)
+    assert cache.video_ids == ["a.mp4"] and cache.features("a.mp4").shape == (3, 16)
 
 
 def test_each_shard_carries_its_fingerprint(tmp_path):
