@@ -77,15 +77,59 @@ def test_stage_params_follow_the_config_classes():
     assert set(efficiency.PARAMS) == set(temporal) - {"temporal.train_fraction"} | {"efficiency"}
 
 
+def flat_keys(obj: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for k, v in obj.items():
+        keys |= flat_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}"}
+    return keys
+
+
+def test_metrics_files_hold_metrics_only_and_run_info_goes_beside_them(tmp_path):
+    """evaluate and baseline on a tiny cache: timing and counts go to the run-info file."""
+    from pipeline.stages import baseline, evaluate, train
+    from temporal.synth import class_task
+
+    cache, labels = class_task(tmp_path, videos=24, classes=2, lengths=(5, 20))
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"temporal": {"dim": 16, "heads": 2, "frames": 8, "epochs": 2,
+                                                   "eval_views": 1, "device": "cpu"}}))
+    assert train.main(["--params", str(params), "--cache", str(cache), "--labels", str(labels),
+                       "--out", str(tmp_path / "run")]) == 0
+    assert evaluate.main(["--run", str(tmp_path / "run"), "--metrics", str(tmp_path / "m" / "stan.json"),
+                          "--info", str(tmp_path / "i" / "stan.json"),
+                          "--predictions", str(tmp_path / "p.csv")]) == 0
+    assert baseline.main(["--params", str(params), "--cache", str(cache), "--labels", str(labels),
+                          "--out", str(tmp_path / "base"), "--metrics", str(tmp_path / "m" / "baseline.json"),
+                          "--info", str(tmp_path / "i" / "baseline.json")]) == 0
+    stan = json.loads((tmp_path / "m" / "stan.json").read_text())
+    base = json.loads((tmp_path / "m" / "baseline.json").read_text())
+    assert set(stan) == {"accuracy", "loss", "macro_f1"}
+    assert flat_keys(base) == {f"{m}.{k}" for m in ("linear", "mlp")
+                               for k in ("accuracy", "loss", "macro_f1")}
+    info = json.loads((tmp_path / "i" / "stan.json").read_text())
+    assert info["split"] == "test" and info["videos"] == 6
+    assert info["training"]["epochs_run"] == 2 and info["training"]["train_seconds"] > 0
+    assert "val" not in info["training"]  # val metrics stay in the run directory
+    base_info = json.loads((tmp_path / "i" / "baseline.json").read_text())
+    assert base_info["linear"] == {"videos": 6} and base_info["mlp"] == {"split": "test", "videos": 6}
+    assert base_info["mlp_training"]["epochs_run"] == 2
+
+
 def sh(*cmd, cwd):
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"{cmd} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout + proc.stderr
 
 
+def git_commit(message: str, cwd: Path) -> None:
+    sh("git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A", cwd=cwd)
+    sh("git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", message, cwd=cwd)
+
+
 @pytest.fixture
 def project(tmp_path):
     """A fresh git repo holding this checkout's files, with tiny params."""
+    tmp_path = tmp_path / "project"
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
                            capture_output=True, text=True, check=True).stdout.split("\n")
     for f in filter(None, files):
@@ -98,8 +142,7 @@ def project(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (tmp_path / "dvc.lock").unlink(missing_ok=True)
     sh("git", "init", "-q", cwd=tmp_path)
-    sh("git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A", cwd=tmp_path)
-    sh("git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "tiny", cwd=tmp_path)
+    git_commit("tiny", tmp_path)
     return tmp_path
 
 
@@ -120,8 +163,31 @@ def test_dvc_repro_runs_the_pipeline_then_has_nothing_to_do(project):
         assert set(base) == {"linear", "mlp"} and 0 <= base["linear"]["accuracy"] <= 1
         predictions = (project / "plots" / labelset / "predictions.csv").read_text()
         assert predictions.startswith("video_id,actual,predicted")
+    # the metrics files hold metrics only: timing and counts are in runinfo/, which DVC does not compare
+    shown = json.loads(dvc("metrics", "show", "--json", cwd=project))
+    metric_keys = {k.split(".")[-1] for f in shown["workspace"]["data"].values()
+                   for k in flat_keys(f["data"])}
+    assert metric_keys == {"accuracy", "loss", "macro_f1"}
+    for labelset in ("order", "content"):
+        info = json.loads((project / "runinfo" / labelset / "stan.json").read_text())
+        assert info["split"] == "test" and info["training"]["train_seconds"] > 0
+        base = json.loads((project / "runinfo" / labelset / "baseline.json").read_text())
+        assert base["mlp_training"]["train_seconds"] > 0
     again = dvc("repro", cwd=project)
     assert "Running stage" not in again and "up to date" in again
+
+    # a fresh clone of the committed results reproduces them exactly, on one core as on two:
+    # the same video bytes, and training and metrics that do not depend on the thread count
+    git_commit("results", project)
+    clone = project.parent / "clone"
+    sh("git", "clone", "-q", str(project), str(clone), cwd=project.parent)
+    sh("taskset", "-c", "0", sys.executable, "-m", "dvc", "repro", cwd=clone)
+    lock, fresh = (yaml.safe_load((p / "dvc.lock").read_text())["stages"] for p in (project, clone))
+    assert fresh["prepare"]["outs"] == lock["prepare"]["outs"]  # the demo videos, byte for byte
+    for labelset in ("order", "content"):
+        for f in (f"metrics/{labelset}/stan.json", f"metrics/{labelset}/baseline.json",
+                  f"plots/{labelset}/predictions.csv", f"plots/{labelset}/efficiency.csv"):
+            assert (clone / f).read_text() == (project / f).read_text(), f
     # an extraction that finds nothing to do (run by hand, outside DVC) leaves the cache as it was
     sh(sys.executable, "-m", "pipeline.stages.extract", "--videos", "data/demo/videos", "--out", "cache",
        cwd=project)

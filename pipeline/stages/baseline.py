@@ -1,4 +1,5 @@
-"""DVC stage `baseline@<labelset>`: the linear probe and the mean-pool MLP beside STAN.
+"""DVC stage `baseline@<labelset>`: the linear probe and the mean-pool MLP beside STAN; their
+metrics, and beside them their run info (video counts, the MLP's epochs and training seconds).
 
 Params: the temporal.* keys these baselines read, not STAN's model switches, so an ablation of
 fusion, streams, depth ... does not re-run them.
@@ -11,8 +12,8 @@ import sys
 from pathlib import Path
 
 import temporal
+from pipeline.metrics import training_info, write_metrics
 from pipeline.params import load_params, stage_parser
-from storage.files import write_json
 
 # STAN's own switches: the mean-pool baselines never read them (the MLP takes `dim` and `dropout`)
 STAN_ONLY = ("model", "streams", "fusion", "heads", "depth_spatial", "depth_temporal", "depth_fusion",
@@ -25,14 +26,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", required=True)
     ap.add_argument("--labels", required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--metrics", type=Path, required=True)
+    ap.add_argument("--metrics", type=Path, required=True, help="metrics JSON (what DVC compares)")
+    ap.add_argument("--info", type=Path, required=True, help="run info JSON: counts, timing")
     ap.add_argument("--split", default="test")
     a = ap.parse_args(argv)
     cfg = temporal.Config.from_dict(load_params(a.params).get("temporal") or {})
     result = temporal.baseline(a.cache, a.labels, a.out, cfg)
-    # the metrics file DVC compares: each baseline's figures on the evaluation split
-    write_json(a.metrics, {name: res[a.split] for name, res in result.items() if a.split in res},
-               sort_keys=True)
+    # each baseline's figures on the evaluation split
+    result = {name: res[a.split] for name, res in result.items() if a.split in res}
+    write_metrics(a.metrics, a.info, result, mlp_training=training_info(Path(a.out) / "mlp"))
     return 0
 
 

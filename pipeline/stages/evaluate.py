@@ -1,17 +1,17 @@
-"""DVC stage `evaluate@<labelset>`: a trained run's metrics and per-video predictions on one split.
+"""DVC stage `evaluate@<labelset>`: a trained run's metrics and per-video predictions on one split,
+and beside them its run info (the split, video count, epochs, training seconds).
 
 Reads no params: the run directory holds the settings it was trained with.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import temporal
+from pipeline.metrics import training_info, write_metrics
 from pipeline.params import stage_parser
-from storage.files import write_json
 
 PARAMS: list[str] = []
 
@@ -20,13 +20,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = stage_parser("evaluate", __doc__)
     ap.add_argument("--run", type=Path, required=True)
     ap.add_argument("--split", default="test")
-    ap.add_argument("--metrics", type=Path, required=True)
+    ap.add_argument("--metrics", type=Path, required=True, help="metrics JSON (what DVC compares)")
+    ap.add_argument("--info", type=Path, required=True, help="run info JSON: split, counts, timing")
     ap.add_argument("--predictions", type=Path, required=True)
     a = ap.parse_args(argv)
     result = temporal.evaluate(a.run, a.split, metrics_path=a.metrics, predictions_path=a.predictions)
-    summary = json.loads((a.run / "summary.json").read_text())
-    result = {**result, "best_epoch": summary["best_epoch"], "train_seconds": summary["train_seconds"]}
-    write_json(a.metrics, result, sort_keys=True)
+    write_metrics(a.metrics, a.info, result, training=training_info(a.run))
     return 0
 
 
