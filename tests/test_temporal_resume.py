@@ -143,3 +143,22 @@ def test_cli_resumes_a_sigkilled_run_to_the_uninterrupted_result(tmp_path):
     proc = cli(*args, check=False)
     assert proc.returncode == 2 and "already holds a finished run" in proc.stderr
     assert "--overwrite" in proc.stderr
+
+
+def test_epochs_run_and_stopped_early_whether_stopped_killed_or_run_to_the_end(tmp_path, monkeypatch):
+    cache, labels = class_task(tmp_path, videos=24, classes=2)
+    opts = {**TINY, "lr": 3e-2, "monitor": "accuracy", "patience": 2, "epochs": 20}
+    early = temporal.train(cache, labels, tmp_path / "early", opts, log=quiet)
+    hist, summary = untimed(early)
+    stop = len(hist)  # patience ran out: 2 epochs without a better val accuracy
+    assert summary["stopped_early"] and summary["epochs_run"] == stop == summary["best_epoch"] + 2 < 20
+    # the same run with its last epoch where patience runs out: ran to the maximum, not stopped early
+    full = temporal.train(cache, labels, tmp_path / "full", {**opts, "epochs": stop}, log=quiet)
+    assert (untimed(full)[1]["stopped_early"], untimed(full)[1]["epochs_run"]) == (False, stop)
+    # killed right after the checkpoint of the stopping epoch: resuming trains no more epochs
+    interrupt_after(monkeypatch, stop)
+    with pytest.raises(Killed):
+        temporal.train(cache, labels, tmp_path / "cut", opts, log=quiet)
+    monkeypatch.undo()
+    temporal.train(cache, labels, tmp_path / "cut", opts, resume=True, log=quiet)
+    assert untimed(tmp_path / "cut") == (hist, summary) and same_weights(early, tmp_path / "cut")
