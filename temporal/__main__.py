@@ -18,7 +18,6 @@ from dataclasses import fields
 from pathlib import Path
 
 import storage
-from extract.config import ExtractError
 from storage.settings import field_types
 from temporal.config import CHOICES, Config, ConfigError, as_config, load_config_file
 from temporal.labels import LabelError
@@ -148,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             from temporal.baseline import baseline
 
             baseline(args.cache, args.labels, args.out, cfg, mlp=args.mlp)
-    except (ConfigError, LabelError, RunError, storage.CacheError, ExtractError, FileNotFoundError) as e:
+    except (ConfigError, LabelError, RunError, storage.CacheError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

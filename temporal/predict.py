@@ -7,6 +7,9 @@ The run records its cache's fingerprint (backbone, weights digest, preprocessing
 precision, dtype) and provenance (where the weights came from); `extract_config` turns them back
 into extraction settings, and the backbone they load must give the very same fingerprint, or the
 features would not mean what the model learnt.
+
+The one place stage two calls stage one: `extract` is imported inside the functions that extract,
+so training and evaluation never load it (and stage-two DVC stages do not depend on its code).
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import os
 from pathlib import Path
 
 import storage
-from extract.config import ExtractConfig
 from storage.info import fingerprint_diff
 from temporal.data import Videos
 from temporal.train import RunError, check_fingerprint, load_run, recorded_path, write_scores
@@ -25,9 +27,10 @@ RANDOM_INIT = "random init (seed "
 
 
 def extract_config(meta: dict, provenance: dict | None = None, weights: str | None = None,
-                   device: str = "auto") -> ExtractConfig:
-    """The extraction settings that reproduce the fingerprint of the cache a run was trained on."""
+                   device: str = "auto"):
+    """The `extract.ExtractConfig` that reproduces the fingerprint of the cache a run was trained on."""
     from extract.backbone import PRECISIONS
+    from extract.config import ExtractConfig
 
     fp = meta["fingerprint"]
     if "model" not in fp or "sampling" not in fp:
@@ -74,16 +77,21 @@ def extract_for_run(run: Path, meta: dict, videos_dir: Path, cache_out: Path, we
     """Extract the videos under `videos_dir` into `cache_out` with the run's backbone and sampling
     (videos already there are kept); returns the ids of the folder's videos."""
     from extract.backbone import load_backbone
+    from extract.config import ExtractError
     from extract.discover import find_videos
     from extract.engine import run as extract
 
-    cfg = extract_config(meta, provenance_of(run, meta), weights, device)
-    bb = load_backbone(cfg)
-    diff = fingerprint_diff(meta["fingerprint"], bb.fingerprint(cfg))
-    if diff:
-        raise RunError(f"extracting with {cfg.model} now would not give the features the run learnt from:\n  "
-                       + "\n  ".join(diff) + "\n(--weights FILE names the backbone weights used at training)")
-    summary = extract(cfg, videos_dir, cache_out, backbone=bb)
+    try:
+        cfg = extract_config(meta, provenance_of(run, meta), weights, device)
+        bb = load_backbone(cfg)
+        diff = fingerprint_diff(meta["fingerprint"], bb.fingerprint(cfg))
+        if diff:
+            raise RunError(f"extracting with {cfg.model} now would not give the features the run learnt "
+                           "from:\n  " + "\n  ".join(diff)
+                           + "\n(--weights FILE names the backbone weights used at training)")
+        summary = extract(cfg, videos_dir, cache_out, backbone=bb)
+    except ExtractError as e:
+        raise RunError(f"cannot extract {videos_dir} as the run's cache was: {e}") from None
     log(summary.line())
     for vid, reason in sorted(summary.failures.items()):
         log(f"failed: {vid}: {reason}")
