@@ -55,18 +55,18 @@ def interrupt_after(monkeypatch, epoch: int) -> None:
 
 
 def test_a_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path, monkeypatch):
-    cache, labels = class_task(tmp_path, videos=24, classes=2, lengths=(5, 30))
-    whole = temporal.train(cache, labels, tmp_path / "whole", NOISY, epochs=5, log=quiet)
+    cache, labels = class_task(tmp_path, videos=16, classes=2, lengths=(5, 30))
+    whole = temporal.train(cache, labels, tmp_path / "whole", NOISY, epochs=4, log=quiet)
     interrupt_after(monkeypatch, 2)
     with pytest.raises(Killed):
-        temporal.train(cache, labels, tmp_path / "cut", NOISY, epochs=5, log=quiet)
+        temporal.train(cache, labels, tmp_path / "cut", NOISY, epochs=4, log=quiet)
     monkeypatch.undo()
     cut = tmp_path / "cut"
     assert {p.name for p in cut.iterdir()} == {CHECKPOINT, "history.csv"}
     assert checkpoint_state(cut / CHECKPOINT)["epoch"] == 2
     lines = []
-    temporal.train(cache, labels, cut, NOISY, epochs=5, resume=True, log=lines.append)
-    assert any(f"resuming {cut} after epoch 2/5" in s for s in lines)
+    temporal.train(cache, labels, cut, NOISY, epochs=4, resume=True, log=lines.append)
+    assert any(f"resuming {cut} after epoch 2/4" in s for s in lines)
     assert same_weights(whole, cut)
     assert untimed(whole) == untimed(cut)
     assert not (cut / CHECKPOINT).exists()  # finished: nothing left to resume
