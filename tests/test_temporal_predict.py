@@ -10,7 +10,7 @@ import storage
 import temporal
 from extract.engine import run as extract
 from temporal.predict import extract_config
-from temporal.synth import class_task, write_cache, write_labels
+from temporal.synth import class_task, regression_task, write_labels
 from temporal.train import RunError
 from tests.test_temporal_train import TINY, cli, quiet, read_csv
 from tests.testing import good, tiny
@@ -41,15 +41,8 @@ def test_load_run_predict_gives_the_numbers_predict_writes(tmp_path):
 
 
 def test_regression_predictions_are_in_the_labels_unit(tmp_path):
-    rng = np.random.default_rng(0)
-    videos, rows = [], []
-    for i in range(24):
-        x = rng.standard_normal((10, 8)) + i / 10
-        videos.append((f"v{i}.mp4", x.astype(np.float16), np.arange(10, dtype=np.float32)))
-        rows.append((f"v{i}.mp4", f"{100 + 10 * i + 0.5}", "test" if i % 3 == 0 else "train"))
-    cache = write_cache(tmp_path / "cache", videos, dim=8)
-    run = temporal.train(cache, write_labels(tmp_path / "l.csv", rows), tmp_path / "run", TINY, epochs=2,
-                         log=quiet)
+    cache, labels, _ = regression_task(tmp_path, videos=24, offset=100.5, scale=10)
+    run = temporal.train(cache, labels, tmp_path / "run", TINY, epochs=2, log=quiet)
     temporal.evaluate(run, "test", log=quiet)
     want = {r["video_id"]: float(r["predicted"]) for r in read_csv(run / "predictions_test.csv")}
     out = read_csv(temporal.predict_videos(run, cache_dir=cache, out=tmp_path / "p.csv", log=quiet))
