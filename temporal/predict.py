@@ -107,6 +107,8 @@ def predict_videos(run_dir: str | os.PathLike, videos_dir: str | os.PathLike | N
     or of the existing cache `cache_dir`. `overrides`: eval_mode, eval_views, batch_size, device."""
     if (videos_dir is None) == (cache_dir is None):
         raise RunError("give either videos (a folder to extract) or a cache, not both")
+    if cache_out is not None and videos_dir is None:
+        raise RunError("--cache-out is where --videos are extracted to; with --cache nothing is extracted")
     run = Path(run_dir)
     model = load_run(run, **overrides)
     if videos_dir is not None:
