@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 import storage
 from storage.device import pick_device
+from storage.durable import TMP_MARK
 from storage.files import write_json
 from temporal.checkpoint import CHECKPOINT, checkpoint_state, load_checkpoint, save_checkpoint
 from temporal.config import Config, ConfigError, as_config
@@ -261,6 +262,8 @@ def prepare_out(out: Path, resume: bool, overwrite: bool, log=print) -> bool:
     """Check that `out` may be written (a finished or interrupted run is replaced only on request);
     returns whether to resume from its checkpoint."""
     finished, ckpt = (out / "summary.json").exists(), (out / CHECKPOINT).exists()
+    for p in out.glob(f"{CHECKPOINT}{TMP_MARK}*"):  # a checkpoint being written when the run was killed
+        p.unlink()
     if resume and not overwrite:
         if finished and not ckpt:
             raise RunError(f"{out}: this run already finished (summary.json): nothing to resume; "
