@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from tests.testing import REPO
@@ -93,14 +94,20 @@ def test_metrics_files_hold_metrics_only_and_run_info_goes_beside_them(tmp_path)
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"temporal": {"dim": 16, "heads": 2, "frames": 8, "epochs": 2,
                                                    "eval_views": 1, "device": "cpu"}}))
-    assert train.main(["--params", str(params), "--cache", str(cache), "--labels", str(labels),
-                       "--out", str(tmp_path / "run")]) == 0
+    threads = torch.get_num_threads()
+    try:
+        assert train.main(["--params", str(params), "--cache", str(cache), "--labels", str(labels),
+                           "--out", str(tmp_path / "run")]) == 0
+        assert torch.get_num_threads() == 1  # stage two's results do not depend on the core count
+    finally:
+        torch.set_num_threads(threads)
     assert evaluate.main(["--run", str(tmp_path / "run"), "--metrics", str(tmp_path / "m" / "stan.json"),
                           "--info", str(tmp_path / "i" / "stan.json"),
                           "--predictions", str(tmp_path / "p.csv")]) == 0
     assert baseline.main(["--params", str(params), "--cache", str(cache), "--labels", str(labels),
                           "--out", str(tmp_path / "base"), "--metrics", str(tmp_path / "m" / "baseline.json"),
                           "--info", str(tmp_path / "i" / "baseline.json")]) == 0
+    torch.set_num_threads(threads)
     stan = json.loads((tmp_path / "m" / "stan.json").read_text())
     base = json.loads((tmp_path / "m" / "baseline.json").read_text())
     assert set(stan) == {"accuracy", "loss", "macro_f1"}

@@ -14,6 +14,7 @@ from pathlib import Path
 import temporal
 from pipeline.metrics import training_info, write_metrics
 from pipeline.params import load_params, stage_parser
+from pipeline.threads import one_thread
 
 # STAN's own switches: the mean-pool baselines never read them (the MLP takes `dim` and `dropout`)
 STAN_ONLY = ("model", "streams", "fusion", "heads", "depth_spatial", "depth_temporal", "depth_fusion",
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--info", type=Path, required=True, help="run info JSON: counts, timing")
     ap.add_argument("--split", default="test")
     a = ap.parse_args(argv)
+    one_thread()
     cfg = temporal.Config.from_dict(load_params(a.params).get("temporal") or {})
     result = temporal.baseline(a.cache, a.labels, a.out, cfg)
     # each baseline's figures on the evaluation split

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import temporal
 from pipeline.params import load_params, stage_parser
+from pipeline.threads import one_thread
 
 PARAMS = [f"temporal.{f.name}" for f in dataclasses.fields(temporal.Config) if f.name != "train_fraction"]
 PARAMS.append("efficiency")
@@ -24,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plot", type=Path, required=True)
     ap.add_argument("--split", default="test")
     a = ap.parse_args(argv)
+    one_thread()
     params = load_params(a.params)
     cfg = temporal.Config.from_dict(params.get("temporal") or {})
     fractions = sorted(float(f) for f in (params.get("efficiency") or {}).get("train_fractions", [1.0]))

@@ -12,6 +12,7 @@ from pathlib import Path
 import temporal
 from pipeline.metrics import training_info, write_metrics
 from pipeline.params import stage_parser
+from pipeline.threads import one_thread
 
 PARAMS: list[str] = []
 
@@ -24,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--info", type=Path, required=True, help="run info JSON: split, counts, timing")
     ap.add_argument("--predictions", type=Path, required=True)
     a = ap.parse_args(argv)
+    one_thread()
     result = temporal.evaluate(a.run, a.split, metrics_path=a.metrics, predictions_path=a.predictions)
     write_metrics(a.metrics, a.info, result, training=training_info(a.run))
     return 0

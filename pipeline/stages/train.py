@@ -6,6 +6,7 @@ import sys
 
 import temporal
 from pipeline.params import load_params, stage_parser
+from pipeline.threads import one_thread
 
 PARAMS = ["temporal"]
 
@@ -16,6 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--labels", required=True)
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
+    one_thread()
     cfg = temporal.Config.from_dict(load_params(a.params).get("temporal") or {})
     temporal.train(a.cache, a.labels, a.out, cfg, overwrite=True)  # a DVC output: DVC says when it is stale
     return 0
