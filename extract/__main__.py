@@ -25,10 +25,15 @@ def parser() -> argparse.ArgumentParser:
     pol.add_argument("--num-frames", type=int, help="N frames spread uniformly over each video")
     g.add_argument("--max-frames", type=int, help="at most N frames per video (kept uniformly spread)")
     g = ap.add_argument_group("backbone")
-    g.add_argument("--model", default=DEFAULT_MODEL, help=f"any timm model name (default {DEFAULT_MODEL})")
+    g.add_argument("--model", default=DEFAULT_MODEL,
+                   help="a timm model name, with or without a pretrained tag, or hf-hub:ORG/NAME (read "
+                        "from the local Hugging Face cache when HF_HUB_OFFLINE=1 or offline; "
+                        f"default {DEFAULT_MODEL})")
     g.add_argument("--model-kwargs", type=json.loads, default={},
                    help='JSON passed to timm.create_model, e.g. \'{"img_size": 112}\'')
-    g.add_argument("--weights", help="local weights: safetensors or torch state dict (weights_only load)")
+    g.add_argument("--weights",
+                   help="local weights: safetensors or torch state dict (weights_only load), loaded "
+                        "through timm's checkpoint filter for the model where it takes them")
     g.add_argument("--no-pretrained", dest="pretrained", action="store_false",
                    help="random init, seeded by --seed (offline; for tests)")
     g.add_argument("--seed", type=int, default=d.seed)
