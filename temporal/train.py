@@ -24,9 +24,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from tqdm import tqdm
 
 import storage
+from storage.console import progress
 from storage.device import pick_device
 from storage.files import write_json
 from temporal.config import Config, ConfigError, as_config
@@ -303,7 +303,7 @@ def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: 
 
     history, best, best_epoch, best_state, stopped_early = [], None, 0, None, False
     step, t0 = 0, time.time()
-    bar = tqdm(range(1, cfg.epochs + 1), desc="epochs", unit="ep", dynamic_ncols=True)
+    bar = progress(range(1, cfg.epochs + 1), desc="epochs", unit="ep")
     for epoch in bar:
         model.train()
         perm = rng.permutation(data.train)
