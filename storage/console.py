@@ -56,6 +56,13 @@ def setup_logging(verbosity: int = 0) -> None:
         logging.getLogger(name).setLevel(ours)
 
 
+def say(msg: str) -> None:
+    """Print a line of a command's report on stdout (what temporal's `log=` takes); after
+    `setup_console`, -q keeps only the warnings."""
+    if msg.startswith("warning") or logging.getLogger("temporal").isEnabledFor(logging.INFO):
+        print(msg, flush=True)
+
+
 def progress_disabled() -> bool:
     return os.environ.get("TQDM_DISABLE", "").strip().lower() in ("1", "true", "yes", "on")
 

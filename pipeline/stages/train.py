@@ -5,17 +5,20 @@ from __future__ import annotations
 import sys
 
 import temporal
-from pipeline.params import load_params, stage_parser
+from pipeline.params import load_params, parse, stage_parser
 
 PARAMS = ["temporal"]
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = stage_parser("train", __doc__)
-    ap.add_argument("--cache", required=True)
-    ap.add_argument("--labels", required=True)
-    ap.add_argument("--out", required=True)
-    a = ap.parse_args(argv)
+    ap.add_argument("--cache", required=True,
+                    help="feature cache folder")
+    ap.add_argument("--labels", required=True,
+                    help="labels CSV (video_id,label,split)")
+    ap.add_argument("--out", required=True,
+                    help="run folder to write")
+    a = parse(ap, argv)
     cfg = temporal.Config.from_dict(load_params(a.params).get("temporal") or {})
     temporal.train(a.cache, a.labels, a.out, cfg)
     return 0
