@@ -43,9 +43,10 @@ def parser() -> argparse.ArgumentParser:
                         "through timm's checkpoint filter for the model where it takes them")
     g.add_argument("--no-pretrained", dest="pretrained", action="store_false",
                    help="random init, seeded by --seed (offline; for tests)")
-    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--seed", type=int, default=d.seed, help="seed of --no-pretrained's random init")
     g = ap.add_argument_group("throughput")
-    g.add_argument("--batch-size", type=int, default=d.batch_size)
+    g.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help=f"frames per backbone call (default {d.batch_size})")
     g.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N (auto: cuda when present)")
     g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=d.precision,
                    help="compute precision (autocast); auto: bf16 or fp16 where the device runs it "
@@ -56,9 +57,12 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--decoders", type=int, default=d.decoders,
                    help="decoder subprocesses per process (0: 1 on the CPU, cores - 1 with a GPU)")
     g = ap.add_argument_group("cache")
-    g.add_argument("--dtype", choices=["float16", "float32"], default=d.dtype)
-    g.add_argument("--format", choices=["zarr", "hdf5"], default=d.format)
-    g.add_argument("--videos-per-shard", type=int, default=d.videos_per_shard)
+    g.add_argument("--dtype", choices=["float16", "float32"], default=d.dtype,
+                   help=f"stored feature type (default {d.dtype})")
+    g.add_argument("--format", choices=["zarr", "hdf5"], default=d.format,
+                   help=f"shard format (default {d.format}); a cache may mix both")
+    g.add_argument("--videos-per-shard", type=int, default=d.videos_per_shard,
+                   help=f"videos in one shard file, the unit of resume (default {d.videos_per_shard})")
     g = ap.add_argument_group("distribution")
     g.add_argument("--workers", type=int, default=d.workers, help="local dask.distributed worker processes")
     g.add_argument("--scheduler", help="address of an existing dask.distributed scheduler")

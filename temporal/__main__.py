@@ -64,14 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("train", help="train STAN (or the mean-pool MLP) from the cache")
-    p.add_argument("--cache", type=Path, required=True)
+    p.add_argument("--cache", type=Path, required=True, help="feature cache folder")
     p.add_argument("--labels", type=Path, required=True, help="CSV video_id,label,split")
     p.add_argument("--out", type=Path, required=True, help="run directory to write")
     p.add_argument("--config", type=Path, help="YAML/JSON of options (flat or under `temporal:`)")
     _add_config_options(p)
 
     p = sub.add_parser("pretrain", help="self-supervised pre-training on the unlabelled cache")
-    p.add_argument("--cache", type=Path, required=True)
+    p.add_argument("--cache", type=Path, required=True, help="feature cache folder")
     p.add_argument("--out", type=Path, required=True, help="run directory to write (train --init reads it)")
     p.add_argument("--holdout", type=Path, metavar="LABELS.csv",
                    help="leave out the videos of this labels file's test split (labels are not read)")
@@ -80,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     _add_config_options(p)
 
     p = sub.add_parser("evaluate", help="metrics + per-video predictions of a saved run")
-    p.add_argument("--run", type=Path, required=True)
-    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--run", type=Path, required=True, help="a trained run folder")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"),
+                   help="split to evaluate (default: test)")
     p.add_argument("--metrics", type=Path, help="metrics JSON (default RUN/metrics_SPLIT.json)")
     p.add_argument("--predictions", type=Path, help="predictions CSV (default RUN/predictions_SPLIT.csv)")
     p.add_argument("--cache", type=Path, help="default: the cache the run was trained on")
