@@ -155,9 +155,10 @@ def _progress(total: int, cfg: ExtractConfig) -> Iterator[Advance]:
     t_start = time.monotonic()
 
     def advance(videos: int, frames: int) -> None:
-        bar.update(videos)
         dt = time.monotonic() - t_start
+        # the postfix first: the line `update` prints (if it prints) shows the frames just counted
         bar.set_postfix_str(f"{frames} frames, {frames / dt if dt else 0.0:.1f} frames/s", refresh=False)
+        bar.update(videos)
 
     try:
         yield advance
