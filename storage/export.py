@@ -74,7 +74,8 @@ def export_parquet(cache: CacheReader, out_file: str | os.PathLike, show_progres
         table.insert(0, "timestamp", np.concatenate([v.timestamps for v in pending]).astype(np.float64))
         table.insert(0, "frame", np.concatenate([np.arange(k, dtype=np.int32) for k in lengths]))
         table.insert(0, "video_id", np.repeat(np.array(ids, dtype=object), lengths))
-        fastparquet.write(str(tmp), table, append=tmp.exists(), write_index=False, custom_metadata=meta)
+        fastparquet.write(str(tmp), table, append=tmp.exists(), write_index=False, custom_metadata=meta,
+                          compression="ZSTD")
         pending.clear()
 
     for video in progress(cache.iter_videos(), total=len(cache), desc="export", unit="video",
