@@ -61,21 +61,16 @@ def check_parquet(path, data) -> int:
     return len(parquet.row_groups)
 
 
-def test_parquet_round_trip(cache, tmp_path):
-    root, data = cache
-    out = tmp_path / "features.parquet"
-    run_module("storage", "export", root, "--to", "parquet", out, "--no-progress")
-    assert check_parquet(out, data) == 1
-
-
-def test_parquet_in_row_groups(cache, tmp_path, monkeypatch):
+def test_parquet_round_trip(cache, tmp_path, monkeypatch):
     from storage import export
 
     root, data = cache
-    monkeypatch.setattr(export, "ROW_GROUP_FRAMES", 5)  # a group every >= 5 frames
-    assert export.export(root, "parquet", tmp_path / "f.parquet", show_progress=False) == len(data)
+    assert export.export(root, "parquet", tmp_path / "one.parquet", show_progress=False) == len(data)
+    assert check_parquet(tmp_path / "one.parquet", data) == 1
+    monkeypatch.setattr(export, "ROW_GROUP_FRAMES", 5)  # a row group every >= 5 frames
+    export.export(root, "parquet", tmp_path / "f.parquet", show_progress=False)
     assert check_parquet(tmp_path / "f.parquet", data) == 3  # 3+20 | 0+9 | 4 frames
-    assert not (tmp_path / "f.parquet.tmp").exists()
+    assert not list(tmp_path.glob("*.tmp"))
 
 
 def test_export_of_a_non_cache_is_a_clear_error(tmp_path):
