@@ -44,6 +44,12 @@ def stage_parser(stage: str, doc: str | None) -> argparse.ArgumentParser:
     return ap
 
 
+def training_inputs(ap: argparse.ArgumentParser) -> None:
+    """--cache and --labels, the inputs of every stage that trains."""
+    ap.add_argument("--cache", required=True, help="feature cache folder")
+    ap.add_argument("--labels", required=True, help="labels CSV (video_id,label,split)")
+
+
 def parse(ap: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """The stage's arguments, with logging and progress set up from them."""
     args = ap.parse_args(argv)

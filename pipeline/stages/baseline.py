@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import temporal
-from pipeline.params import load_params, parse, stage_parser
+from pipeline.params import load_params, parse, stage_parser, training_inputs
 from storage.files import write_json
 from temporal.baseline import BASELINE_OPTIONS
 
@@ -19,12 +19,8 @@ PARAMS = [f"temporal.{name}" for name in BASELINE_OPTIONS]
 
 def main(argv: list[str] | None = None) -> int:
     ap = stage_parser("baseline", __doc__)
-    ap.add_argument("--cache", required=True,
-                    help="feature cache folder")
-    ap.add_argument("--labels", required=True,
-                    help="labels CSV (video_id,label,split)")
-    ap.add_argument("--out", required=True,
-                    help="run folder of the baselines")
+    training_inputs(ap)
+    ap.add_argument("--out", required=True, help="run folder of the baselines")
     ap.add_argument("--metrics", type=Path, required=True,
                     help="metrics JSON to write (the evaluation split's figures)")
     ap.add_argument("--split", default="test",

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import temporal
-from pipeline.params import load_params, parse, stage_parser
+from pipeline.params import load_params, parse, stage_parser, training_inputs
 
 PARAMS = [f"temporal.{f.name}" for f in dataclasses.fields(temporal.Config) if f.name != "train_fraction"]
 PARAMS.append("efficiency")
@@ -18,10 +18,7 @@ PARAMS.append("efficiency")
 
 def main(argv: list[str] | None = None) -> int:
     ap = stage_parser("efficiency", __doc__)
-    ap.add_argument("--cache", required=True,
-                    help="feature cache folder")
-    ap.add_argument("--labels", required=True,
-                    help="labels CSV (video_id,label,split)")
+    training_inputs(ap)
     ap.add_argument("--out", type=Path, required=True,
                     help="folder of the runs, one per fraction and model")
     ap.add_argument("--plot", type=Path, required=True,

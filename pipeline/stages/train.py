@@ -5,19 +5,15 @@ from __future__ import annotations
 import sys
 
 import temporal
-from pipeline.params import load_params, parse, stage_parser
+from pipeline.params import load_params, parse, stage_parser, training_inputs
 
 PARAMS = ["temporal"]
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = stage_parser("train", __doc__)
-    ap.add_argument("--cache", required=True,
-                    help="feature cache folder")
-    ap.add_argument("--labels", required=True,
-                    help="labels CSV (video_id,label,split)")
-    ap.add_argument("--out", required=True,
-                    help="run folder to write")
+    training_inputs(ap)
+    ap.add_argument("--out", required=True, help="run folder to write")
     a = parse(ap, argv)
     cfg = temporal.Config.from_dict(load_params(a.params).get("temporal") or {})
     temporal.train(a.cache, a.labels, a.out, cfg)
