@@ -47,6 +47,7 @@ class Config:
     dropout: float = 0.1
     time_encoding: str = "timestamp"  # timestamp (seconds) | index (frame position) | none
     pool: str = "mean"  # a stream's summary: its CLS token | the mean of its frame tokens | both
+    events: int = 0  # K>0: add an event summary (share, mean position, onsets of K learned prototypes)
     pca_dims: int = 0  # >0: STAN reads the frames' leading principal components (whitened), 0: raw features
     # --- data ---
     task: str = "auto"  # auto | single | multi | regression
@@ -91,7 +92,7 @@ class Config:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"temporal option {name} must be > 0, got {getattr(self, name)}")
         for name in ("depth_spatial", "depth_temporal", "depth_fusion", "weight_decay", "warmup",
-                     "grad_clip", "patience", "mlp_ratio", "pca_dims"):
+                     "grad_clip", "patience", "mlp_ratio", "pca_dims", "events"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"temporal option {name} must be >= 0, got {getattr(self, name)}")
         if not is_device_name(self.device):

@@ -123,10 +123,8 @@ def collate(videos: Videos, clips: list[Clip], device: torch.device | str = "cpu
     return xt, torch.from_numpy(t).to(device), torch.from_numpy(mask).to(device)
 
 
-def principal_components(videos: Videos, rows, dims: int, rng: np.random.Generator, max_frames: int = 20000
-                         ) -> tuple[np.ndarray, np.ndarray]:
-    """(mean [D], projection [D, P]) onto the `dims` leading principal components of the frames of
-    videos `rows` (a sample of at most `max_frames`), whitened: each output has unit variance."""
+def frame_sample(videos: Videos, rows, rng: np.random.Generator, max_frames: int = 20000) -> np.ndarray:
+    """[N, D] float64: at most `max_frames` frames drawn without replacement from videos `rows`."""
     rows = np.asarray(list(rows))
     counts = videos.lengths[rows]
     total = int(counts.sum())
@@ -134,9 +132,27 @@ def principal_components(videos: Videos, rows, dims: int, rng: np.random.Generat
     starts = np.concatenate([[0], np.cumsum(counts)])
     which = np.searchsorted(starts, picks, side="right") - 1
     X = np.stack([videos.feats[rows[w]][p - starts[w]] for w, p in zip(which, picks, strict=True)])
-    X = X.astype(np.float64)
+    return X.astype(np.float64)
+
+
+def principal_components(videos: Videos, rows, dims: int, rng: np.random.Generator, max_frames: int = 20000
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """(mean [D], projection [D, P]) onto the `dims` leading principal components of the frames of
+    videos `rows` (a sample of at most `max_frames`), whitened: each output has unit variance."""
+    X = frame_sample(videos, rows, rng, max_frames)
     mean = X.mean(0)
     _, s, vt = np.linalg.svd(X - mean, full_matrices=False)
     dims = min(dims, len(s))
     scale = np.maximum(s[:dims] / np.sqrt(max(1, len(X) - 1)), 1e-6)
     return mean.astype(np.float32), (vt[:dims].T / scale).astype(np.float32)
+
+
+def prototypes(X: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """[k, D] float32: spherical k-means centres of the frames X (unit rows), the kinds of shot
+    the frames fall into, found without labels."""
+    from sklearn.cluster import KMeans
+
+    X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+    k = min(k, len(X))
+    centres = KMeans(k, n_init=3, random_state=seed).fit(X).cluster_centers_
+    return (centres / np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)).astype(np.float32)

@@ -188,6 +188,42 @@ class InputProjection(nn.Module):
         return (x - self.mean) @ self.proj
 
 
+class EventSummary(nn.Module):
+    """What kinds of shot occur when: each frame is softly assigned to K learned prototypes (cosine
+    similarity, a learned temperature), and each prototype gives three numbers: its share of the
+    frames, its mean position (a fraction of the video) and its number of onsets (entries into it),
+    mapped to one [B, dim] vector. Order, position and repetition of short events are then a few
+    numbers apart, where a transformer must find them among a hundred frame tokens; the
+    prototypes start as k-means centres of the unlabelled frames (`fit`) and are fine-tuned."""
+
+    def __init__(self, in_dim: int, k: int, dim: int):
+        super().__init__()
+        self.protos = nn.Parameter(F.normalize(torch.randn(k, in_dim), dim=-1))
+        self.log_scale = nn.Parameter(torch.tensor(math.log(20.0)))  # 1 / temperature
+        self.proj = nn.Sequential(nn.LayerNorm(3 * k), nn.Linear(3 * k, dim))
+
+    def fit(self, centres: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.protos[: len(centres)] = centres
+
+    def stats(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[B, 3K]: each prototype's share of the frames, mean position in [0, 1], number of onsets."""
+        m = mask[..., None].to(x.dtype)
+        sim = F.normalize(x, dim=-1) @ F.normalize(self.protos, dim=-1).T
+        a = torch.softmax(sim * self.log_scale.exp(), dim=-1) * m  # [B, T, K], padding 0
+        t = torch.where(mask, t, t[:, :1])
+        first, last = t[:, :1], t.amax(1, keepdim=True)
+        r = ((t - first) / (last - first).clamp(min=1e-6))[..., None]  # 0 at the first frame, 1 at the last
+        n = a.sum(1)
+        eps = 0.1  # a prototype absent from the video sits in its middle
+        where = ((a * r).sum(1) + 0.5 * eps) / (n + eps)
+        onsets = F.relu(a - F.pad(a, (0, 0, 1, 0))[:, :-1]).sum(1)
+        return torch.cat([n / m.sum(1).clamp(min=1), where, onsets], dim=-1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.stats(x, t, mask))
+
+
 class STAN(nn.Module):
     def __init__(self, cfg: Config, in_dim: int, out_dim: int):
         super().__init__()
@@ -195,6 +231,7 @@ class STAN(nn.Module):
         use_s, use_t = cfg.streams in ("both", "spatial"), cfg.streams in ("both", "temporal")
         self.project = InputProjection(in_dim, cfg.pca_dims) if cfg.pca_dims else None
         in_dim = cfg.pca_dims or in_dim
+        self.events = EventSummary(in_dim, cfg.events, cfg.dim) if cfg.events else None
         self.spatial = SpatialStream(cfg, in_dim) if use_s else None
         self.temporal = TemporalStream(cfg, in_dim) if use_t else None
         both = use_s and use_t
@@ -207,8 +244,9 @@ class STAN(nn.Module):
                                Block(d, cfg.heads, cfg.mlp_ratio, cfg.dropout, cross=True)])
                 for _ in range(cfg.depth_fusion)
             )
-        if self.fusion == "late":
-            one = self.embed_dim // 2
+        if self.fusion == "late":  # one head per stream, each also reading the event summary
+            ev = d if self.events is not None else 0
+            one = (self.embed_dim - ev) // 2 + ev
             self.heads = nn.ModuleList(head(one, d, out_dim, cfg.dropout) for _ in range(2))
         else:
             self.heads = nn.ModuleList([head(self.embed_dim, d, out_dim, cfg.dropout)])
@@ -235,12 +273,20 @@ class STAN(nn.Module):
     def embed_dim(self) -> int:
         """Width of `embed`'s output: both CLS tokens side by side, except for sum and one stream."""
         width = 2 * self.cfg.dim if self.cfg.pool == "both" else self.cfg.dim
-        return width if self.fusion in ("sum", "single") else 2 * width
+        width = width if self.fusion in ("sum", "single") else 2 * width
+        return width + (self.cfg.dim if self.events is not None else 0)
 
     def embed(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The video's representation [B, embed_dim], what the head reads (and pre-training trains)."""
         if self.project is not None:
             x = self.project(x)  # padding stays padding: the streams zero it again
+        z = self.streams(x, t, mask)
+        if self.events is not None:
+            x, t = _zero_padding(x, t, mask)
+            z = torch.cat([z, self.events(x, t, mask)], dim=-1)
+        return z
+
+    def streams(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.fusion == "single":
             stream = self.spatial if self.spatial is not None else self.temporal
             return self.readout(*stream(x, t, mask))
@@ -255,8 +301,10 @@ class STAN(nn.Module):
         """Logits [B, out] from features x [B,T,D], timestamps t [B,T], mask [B,T] (True = real)."""
         z = self.embed(x, t, mask)
         if self.fusion == "late":
-            d = z.shape[1] // 2
-            return (self.heads[0](z[:, :d]) + self.heads[1](z[:, d:])) / 2
+            ev = self.cfg.dim if self.events is not None else 0
+            d = (z.shape[1] - ev) // 2
+            zs, zu, e = z[:, :d], z[:, d:2 * d], z[:, 2 * d:]
+            return (self.heads[0](torch.cat([zs, e], -1)) + self.heads[1](torch.cat([zu, e], -1))) / 2
         return self.heads[0](z)
 
 

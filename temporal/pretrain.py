@@ -35,6 +35,7 @@ from temporal.train import (
     _write_history,
     augment,
     feature_std,
+    fit_without_labels,
     lr_at,
     optimizer_step,
     param_groups,
@@ -44,7 +45,7 @@ from temporal.train import (
 PRETRAIN_FORMAT = 1
 # the options that shape the weights: a fine-tuning run must agree on all of them
 ARCHITECTURE = ("model", "streams", "fusion", "dim", "heads", "depth_spatial", "depth_temporal",
-                "depth_fusion", "clip_len", "mlp_ratio", "time_encoding", "pool", "pca_dims")
+                "depth_fusion", "clip_len", "mlp_ratio", "time_encoding", "pool", "pca_dims", "events")
 
 
 class Decoder(nn.Module):
@@ -86,8 +87,7 @@ def pretrain(cache_dir: str | os.PathLike, out_dir: str | os.PathLike, config: C
                   principal_components(videos, range(len(ids)), max(targets, cfg.pca_dims), rng))
     std = torch.from_numpy(feature_std(videos, rng)).to(device)
     model = build_model(cfg, videos.dim, 1)
-    if model.project is not None:
-        model.project.fit(mean, proj)
+    fit_without_labels(model, videos, range(len(ids)), cfg, pca=(mean.numpy(), proj.numpy()))
     model = model.to(device)
     mean_t, proj_t = mean.to(device), proj[:, :targets].to(device)
     decoder = Decoder(model.embed_dim, proj_t.shape[1]).to(device)

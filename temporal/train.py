@@ -30,7 +30,17 @@ from storage.console import progress
 from storage.device import pick_device
 from storage.files import write_json
 from temporal.config import Config, ConfigError, as_config
-from temporal.data import Clip, Videos, collate, eval_batches, eval_clips, principal_components, sample_frames
+from temporal.data import (
+    Clip,
+    Videos,
+    collate,
+    eval_batches,
+    eval_clips,
+    frame_sample,
+    principal_components,
+    prototypes,
+    sample_frames,
+)
 from temporal.labels import LabelError, Labels, check_classes, match_cache, read_labels, train_subset
 from temporal.metrics import METRICS, better, clean, compute_metrics, scores_loss
 from temporal.model import build_model
@@ -146,6 +156,22 @@ def targets_tensor(data: Data, rows, mean: float, std: float) -> torch.Tensor:
     if data.labels.task == "regression":
         return torch.from_numpy((y - mean) / std)
     return torch.from_numpy(y)
+
+
+def fit_without_labels(model: torch.nn.Module, videos: Videos, rows, cfg: Config,
+                       pca: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    """Fit what STAN takes from the frames alone before training, on videos `rows` (no label read):
+    the PCA input map (`pca_dims`, or `pca` when already computed) and the event prototypes."""
+    project, events = getattr(model, "project", None), getattr(model, "events", None)
+    rng = np.random.default_rng(cfg.seed)
+    if project is not None:
+        pca = pca or principal_components(videos, rows, cfg.pca_dims, rng)
+        project.fit(*(torch.from_numpy(a) for a in pca))
+    if events is not None:
+        X = frame_sample(videos, rows, rng)
+        if project is not None:
+            X = (X - pca[0]) @ pca[1][:, : cfg.pca_dims]
+        events.fit(torch.from_numpy(prototypes(X, cfg.events, cfg.seed)))
 
 
 def train_batch(videos: Videos, rows, cfg: Config, rng: np.random.Generator, device: torch.device):
@@ -273,9 +299,7 @@ def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: 
     y_all = targets_tensor(data, range(len(data.labels)), meta["target_mean"], meta["target_std"])
 
     model = build_model(cfg, meta["in_dim"], meta["out_dim"])
-    if getattr(model, "project", None) is not None:  # fitted on the training frames (no labels read)
-        model.project.fit(*(torch.from_numpy(a) for a in principal_components(
-            data.videos, data.train, cfg.pca_dims, np.random.default_rng(cfg.seed))))
+    fit_without_labels(model, data.videos, data.train, cfg)
     if cfg.init:  # pre-trained weights, their input projection included
         from temporal.pretrain import load_pretrained
 

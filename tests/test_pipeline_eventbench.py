@@ -69,3 +69,19 @@ def test_stan_learns_where_an_event_is_and_the_mean_pool_probe_cannot(tmp_path, 
     probe = temporal.baseline(cache, labels["where"], tmp_path / "probe", tiny, mlp=False, log=quiet)
     assert probe["linear"]["test"]["r2"] < 0.1  # the same frames in every video of a group
     assert stan > 0.3, stan
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["order", "count"])
+def test_the_event_summary_learns_order_and_count_where_the_probe_cannot(tmp_path, one_thread, task):
+    cfg = EventBenchConfig(groups=20, seconds=64)
+    cache, labels = write_feature_cache(tmp_path, cfg, dim=16)
+    quiet = lambda *a, **k: None  # noqa: E731
+    tiny = dict(dim=32, heads=4, depth_spatial=1, depth_temporal=1, depth_fusion=1, clip_len=1, frames=64,
+                batch_size=8, lr=3e-3, dropout=0.0, epochs=30, patience=0, events=12)
+    run = temporal.train(cache, labels[task], tmp_path / "stan", tiny, log=quiet)
+    stan = temporal.evaluate(run, "test", log=quiet)["accuracy"]
+    probe = temporal.baseline(cache, labels[task], tmp_path / "probe", tiny, mlp=False, log=quiet)
+    chance = 1 / (6 if task == "order" else 3)
+    assert probe["linear"]["test"]["accuracy"] < chance + 0.1  # the same frames in every video of a group
+    assert stan > 0.8, stan

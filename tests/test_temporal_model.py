@@ -42,11 +42,12 @@ def test_every_variant_runs_forward_and_backward_with_masks(model, streams, fusi
         assert (m.temporal is None) == (streams == "spatial")
 
 
-@pytest.mark.parametrize("time_encoding", ["timestamp", "index", "none"])
+@pytest.mark.parametrize(("time_encoding", "events"), [("timestamp", 0), ("index", 0), ("none", 0), ("timestamp", 5)])
 @pytest.mark.parametrize(("model", "streams", "fusion"), VARIANTS)
-def test_padding_does_not_change_the_output(model, streams, fusion, time_encoding):
+def test_padding_does_not_change_the_output(model, streams, fusion, time_encoding, events):
     torch.manual_seed(0)
-    cfg = Config(model=model, streams=streams, fusion=fusion, time_encoding=time_encoding, **SMALL)
+    cfg = Config(model=model, streams=streams, fusion=fusion, time_encoding=time_encoding, events=events,
+                 **SMALL)
     m = build_model(cfg, 16, 4).eval()
     lengths = [7, 11, 1, 4]
     x, t, mask = batch(lengths, width=14)
@@ -65,6 +66,27 @@ def test_temporal_stream_sees_order_and_mean_pool_does_not():
     pool = build_model(Config(model="meanpool", **SMALL), 16, 2).eval()
     assert not torch.allclose(stan(x, t, mask), stan(rev, t, mask), atol=1e-4)
     torch.testing.assert_close(pool(x, t, mask), pool(rev, t, mask))
+
+
+def test_event_summary_says_how_much_where_and_how_often():
+    """Frames of three kinds: a (filler, entered 4 times, the first frame too), b at 20-29 %, c twice. With the prototypes on
+    the kinds (as k-means finds them) the summary reads share, position and onsets off exactly."""
+    torch.manual_seed(0)
+    kinds = torch.eye(3, 16)
+    seq = [0] * 20 + [1] * 10 + [0] * 30 + [2] * 5 + [0] * 20 + [2] * 5 + [0] * 11  # 101 frames
+    x = kinds[seq][None] + 0.01 * torch.randn(1, len(seq), 16)
+    t = torch.arange(len(seq)).float()[None] * 2.0
+    m = build_model(Config(events=3, **SMALL), 16, 2).eval()
+    m.events.fit(kinds)
+    with torch.no_grad():
+        m.events.log_scale.fill_(np.log(200.0))
+    share, where, onsets = m.events.stats(x, t, torch.ones_like(t, dtype=torch.bool)).view(3, 3)
+    torch.testing.assert_close(share, torch.tensor([81, 10, 10]) / 101, atol=1e-3, rtol=0)
+    torch.testing.assert_close(where[1], torch.tensor(24.5 / 100), atol=3e-3, rtol=0)
+    torch.testing.assert_close(onsets, torch.tensor([4.0, 1.0, 2.0]), atol=1e-2, rtol=0)
+    reordered = build_model(Config(events=3, **SMALL), 16, 2).eval()
+    reordered.load_state_dict(m.state_dict())
+    assert not torch.allclose(m(x, t, t > -1), reordered(x.flip(1), t, t > -1))  # same frames, other order
 
 
 def test_sampling_covers_the_video_and_views_are_deterministic():
