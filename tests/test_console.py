@@ -14,7 +14,7 @@ from unittest import mock
 
 import pytest
 
-from storage.console import progress, setup_console
+from storage.console import progress, say, setup_console
 from tests.testing import TINY_CLI, run_module
 
 
@@ -60,13 +60,18 @@ def test_tqdm_disable_and_no_progress_turn_bars_off(clean_console):
     assert sum(1 for _ in progress(range(5), file=buf)) == 5 and buf.getvalue() == ""
 
 
-def test_quiet_and_verbose_levels(clean_console):
+def test_quiet_and_verbose_levels(clean_console, capsys):
     setup_console(argparse.Namespace(quiet=True, verbose=0, progress=True))
     assert not logging.getLogger("extract").isEnabledFor(logging.INFO)
     assert logging.getLogger("extract").isEnabledFor(logging.WARNING)
     assert os.environ["TQDM_DISABLE"] == "1"  # -q: no bars either
     clean_console.delenv("TQDM_DISABLE")
+    say("note: a report line")
+    say("warning: kept under -q")
+    assert capsys.readouterr().out == "warning: kept under -q\n"  # temporal's report lines (log=say)
     setup_console(argparse.Namespace(quiet=False, verbose=0, progress=True))
+    say("note: a report line")
+    assert capsys.readouterr().out == "note: a report line\n"
     assert logging.getLogger("temporal").isEnabledFor(logging.INFO)
     assert not logging.getLogger("timm").isEnabledFor(logging.INFO)  # libraries: warnings only
     setup_console(argparse.Namespace(quiet=False, verbose=1, progress=True))
