@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="run folder to write")
     a = parse(ap, argv)
     cfg = temporal.Config.from_dict(load_params(a.params).get("temporal") or {})
-    temporal.train(a.cache, a.labels, a.out, cfg)
+    temporal.train(a.cache, a.labels, a.out, cfg, overwrite=True)  # a DVC output: DVC says when it is stale
     return 0
 
 
