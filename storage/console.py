@@ -17,6 +17,8 @@ import sys
 from collections.abc import Iterable
 from typing import Any, TextIO
 
+from tqdm import tqdm
+
 # the project's own loggers: INFO by default; the libraries' only from -v on
 PACKAGES = ("extract", "storage", "temporal", "pipeline")
 PLAIN_INTERVAL = 10.0  # seconds between two progress lines when not in a terminal
@@ -82,19 +84,31 @@ class _Lines:
         self.file.flush()
 
 
+class _PlainBar(tqdm):
+    """tqdm whose postfix and description changes wait for the next due line instead of printing
+    one each (a redraw is free in a terminal, a line in a log is not)."""
+
+    def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
+        super().set_postfix(ordered_dict, refresh=False, **kwargs)
+
+    def set_postfix_str(self, s="", refresh=True):
+        super().set_postfix_str(s, refresh=False)
+
+    def set_description(self, desc=None, refresh=True):
+        super().set_description(desc, refresh=False)
+
+
 def progress(iterable: Iterable | None = None, *, enabled: bool = True, file: TextIO | None = None,
              **kw: Any):
     """A tqdm bar (`kw` as tqdm takes them); off when `enabled` is False or TQDM_DISABLE is set.
 
     Not in a terminal: ASCII, at most one line per TQDM_MININTERVAL (default 10) seconds.
     """
-    from tqdm import tqdm
-
     file = file or sys.stderr
     if not enabled or progress_disabled():
         return tqdm(iterable, disable=True, **kw)
     if getattr(file, "isatty", lambda: False)():
         return tqdm(iterable, file=file, dynamic_ncols=True, **kw)
     interval = float(os.environ.get("TQDM_MININTERVAL") or PLAIN_INTERVAL)
-    return tqdm(iterable, file=_Lines(file), mininterval=interval, maxinterval=max(interval, 10.0),
-                ascii=True, ncols=100, **kw)
+    return _PlainBar(iterable, file=_Lines(file), mininterval=interval, maxinterval=max(interval, 10.0),
+                     ascii=True, ncols=100, **kw)

@@ -35,12 +35,14 @@ def clean_console(monkeypatch):
 
 def test_progress_outside_a_terminal_is_plain_lines(clean_console):
     buf = io.StringIO()  # not a TTY
-    for _ in progress(range(500), desc="work", unit="it", file=buf):
-        pass
+    bar = progress(range(500), desc="work", unit="it", file=buf)
+    for i in bar:
+        bar.set_postfix(loss=i)  # as the training loops do: no line of its own
     lines = buf.getvalue().splitlines(keepends=True)
     assert "\r" not in buf.getvalue() and all(line.endswith("\n") for line in lines)
     # 500 quick steps within the 10 s interval: the first line and the final one, nothing between
-    assert len(lines) == 2 and lines[0].startswith("work:   0%") and "500/500" in lines[1]
+    assert len(lines) == 2 and lines[0].startswith("work:   0%") and "500/500" in lines[1], lines
+    assert "loss=499" in lines[1]
     clean_console.setenv("TQDM_MININTERVAL", "0.1")
     buf = io.StringIO()
     for _ in progress(range(12), desc="slow", file=buf):
