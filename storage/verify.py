@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
 import os
 from dataclasses import dataclass, field
@@ -68,6 +69,21 @@ def _check_shard(path: Path, expect: dict | None, entry: dict | None, checksums:
     finally:
         shard.close()
     return shard
+
+
+def verify_shard(path: str | os.PathLike, checksums: bool = True) -> None:
+    """Check one committed shard as `verify` does: it opens, carries the cache's fingerprint, agrees
+    with its index entry and (`checksums`) every video's checksum holds.
+
+    Raises CorruptShardError, or FileNotFoundError when the shard or its index entry is not there.
+    """
+    path = Path(path)
+    root = path.parent.parent
+    if not (path.exists() or path.is_symlink()):
+        raise FileNotFoundError(errno.ENOENT, "no such shard", str(path))
+    entry = index.read_entry(root, path.name)  # FileNotFoundError when it has none
+    info = read_cache_json(root)
+    _check_shard(path, _described(info["fingerprint"], info["dim"], info["dtype"]), entry, checksums)
 
 
 def verify(root: str | os.PathLike, checksums: bool = True) -> Report:

@@ -258,7 +258,7 @@ def _lock_holder(cache: Path, procs: list[subprocess.Popen]) -> subprocess.Popen
     by_pid = {p.pid: p for p in procs}
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and any(p.poll() is None for p in procs):
-        m = re.fullmatch(rb"pid (\d+)", _read(cache / ".lock").strip())
+        m = re.fullmatch(rb"pid (\d+) host \S+", _read(cache / ".lock").strip())
         if m and int(m[1]) in by_pid:
             return by_pid[int(m[1])]
         time.sleep(0.01)

@@ -1,5 +1,6 @@
 import json
 import os
+import socket
 
 import h5py
 import numpy as np
@@ -330,7 +331,7 @@ def test_a_refused_writer_names_the_holder_even_before_it_wrote_its_pid(tmp_path
         late.join()
         os.close(fd)
     with storage.CacheWriter(root, dim=4, dtype="float16", fingerprint={}):
-        assert (root / ".lock").read_text() == f"pid {os.getpid()}"
+        assert (root / ".lock").read_text() == f"pid {os.getpid()} host {socket.gethostname()}"
     assert (root / ".lock").read_text() == ""  # released: no pid left to mislead the next reader
 
 
