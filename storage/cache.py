@@ -166,20 +166,44 @@ class CacheReader:
         return r
 
     def _read(self, vid: str) -> tuple[np.ndarray, np.ndarray]:
+        s, a, b = self.locate(vid)
+        feats, times = self.read_rows(s, a, b, f"video {vid!r}")
+        if self.check:
+            self.check_video(vid, feats, times)
+        return feats, times
+
+    def locate(self, vid: str) -> tuple[int, int, int]:
+        """(shard s, first row, end row): where a video's frames are (`entries[s]`; nothing opened)."""
         try:
             s, i = self._where[vid]
         except KeyError:
             raise KeyError(f"video {vid!r} is not in the cache {self.root}") from None
-        e = self.entries[s]
-        a, b = e["offsets"][i], e["offsets"][i + 1]
+        off = self.entries[s]["offsets"]
+        return s, int(off[i]), int(off[i + 1])
+
+    def read_rows(self, s: int, a: int, b: int, what: str = "") -> tuple[np.ndarray, np.ndarray]:
+        """Features and timestamps of rows a:b of shard `s` (any rows: a video, a chunk)."""
+        what = what or f"rows {a}:{b}"
+        return self.read_array(s, "features", a, b, what), self.read_array(s, "timestamps", a, b, what)
+
+    def read_array(self, s: int, name: str, a: int | None = None, b: int | None = None,
+                   what: str = "") -> np.ndarray:
+        """Rows a:b (default: all) of array `name` (features, timestamps) of shard `s`."""
         r = self._shard(s)
         try:
-            feats, times = r.read("features", a, b), r.read("timestamps", a, b)
+            return r.read(name, a, b)
         except Exception as exc:
-            raise damaged(self.shard_path(s), f"cannot read video {vid!r}", exc) from exc
-        if self.check:
-            check_video(self.shard_path(s), vid, feats, times, e["checksums"][i])
-        return feats, times
+            raise damaged(self.shard_path(s), f"cannot read {what or name}", exc) from exc
+
+    def chunk_rows(self, s: int) -> int:
+        """Rows per stored chunk of shard `s`'s features (the whole shard when it is not chunked)."""
+        chunks = getattr(self._shard(s).array("features"), "chunks", None)
+        return int(chunks[0]) if chunks else max(1, int(self.entries[s]["frames"]))
+
+    def check_video(self, vid: str, feats: np.ndarray, times: np.ndarray) -> None:
+        """Raise CorruptShardError unless a video's frames match the checksum in the index."""
+        s, i = self._where[vid]
+        check_video(self.shard_path(s), vid, feats, times, self.entries[s]["checksums"][i])
 
     def features(self, vid: str) -> np.ndarray:
         return self._read(vid)[0]
