@@ -76,7 +76,7 @@ def run_one(job: dict) -> dict:
             held = {lab.ids[i] for i in lab.rows("test")}
             pretrain(job["cache"], pre, cfg.replace(epochs=over["pretrain_epochs"]), exclude=held, log=_quiet)
         cfg = cfg.replace(init=str(pre))
-    run = temporal.train(job["cache"], labels, out, cfg, log=_quiet)
+    run = temporal.train(job["cache"], labels, out, cfg, log=_quiet, overwrite=True)  # not in results.jsonl
     summary = json.loads((run / "summary.json").read_text())
     test = temporal.evaluate(run, "test", log=_quiet)
     return {**res, "test": test, "val": summary.get("val"), "best_epoch": summary["best_epoch"],

@@ -4,6 +4,8 @@
     cfg = temporal.Config(fusion="cross", streams="both", frames=64)
     run = temporal.train("cache/", "labels.csv", "runs/stan", cfg)        # -> Path of the run
     metrics = temporal.evaluate(run, "test")                               # -> dict, writes files
+    temporal.predict_videos(run, videos_dir="new/", out="predictions.csv")  # unlabelled videos
+    probs = temporal.load_run(run).predict(features, timestamps)           # [T, D] + [T] -> [C]
     ref = temporal.baseline("cache/", "labels.csv", "runs/probe", cfg)     # -> dict
 """
 
@@ -11,9 +13,10 @@ from temporal.baseline import baseline
 from temporal.config import Config, ConfigError, load_config_file
 from temporal.labels import LabelError, read_labels
 from temporal.model import STAN, MeanPool, build_model
-from temporal.train import RunError, evaluate, load_run, train
+from temporal.predict import predict_videos
+from temporal.train import Run, RunError, evaluate, load_run, train
 
 __all__ = [
-    "STAN", "Config", "ConfigError", "LabelError", "MeanPool", "RunError", "baseline", "build_model",
-    "evaluate", "load_config_file", "load_run", "read_labels", "train",
+    "STAN", "Config", "ConfigError", "LabelError", "MeanPool", "Run", "RunError", "baseline", "build_model",
+    "evaluate", "load_config_file", "load_run", "predict_videos", "read_labels", "train",
 ]

@@ -1,8 +1,9 @@
-"""python -m temporal pretrain|train|evaluate|baseline: stage two, from the feature cache.
+"""python -m temporal pretrain|train|evaluate|predict|baseline: stage two, from the feature cache.
 
   pretrain  --cache C --out runs/pre [--holdout L.csv]   self-supervised, on unlabelled videos
-  train     --cache C --labels L.csv --out runs/x [--config params.yaml] [--init runs/pre] [...]
+  train     --cache C --labels L.csv --out runs/x [--config params.yaml] [--init runs/pre] [--resume]
   evaluate  --run runs/x --split test [--metrics FILE] [--predictions FILE]
+  predict   --run runs/x --videos DIR | --cache C [--out predictions.csv]   unlabelled videos
   baseline  --cache C --labels L.csv --out runs/probe [same options as train]
 
 Every field of temporal.Config is an option (--clip-len or --clip_len); a --config file
@@ -64,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--labels", type=Path, required=True, help="CSV video_id,label,split")
     p.add_argument("--out", type=Path, required=True, help="run directory to write")
     p.add_argument("--config", type=Path, help="YAML/JSON of options (flat or under `temporal:`)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in --out from its last epoch (same options)")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished or interrupted run in --out")
     _add_config_options(p)
 
     p = sub.add_parser("pretrain", help="self-supervised pre-training on the unlabelled cache")
@@ -84,6 +88,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--labels", type=Path, help="default: the labels the run was trained on")
     _add_config_options(p, only=EVAL_OVERRIDES)
 
+    p = sub.add_parser("predict", help="predictions of a saved run on unlabelled videos",
+                       description="Write a CSV of video_id, predicted label(s) (or value, for "
+                       "regression) and one probability column per class. --videos extracts the "
+                       "folder's videos first, with the backbone, weights and sampling the run's "
+                       "cache was made with (videos already in --cache-out are reused).")
+    p.add_argument("--run", type=Path, required=True)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--videos", type=Path, metavar="DIR", help="folder searched recursively for videos")
+    src.add_argument("--cache", type=Path, help="an existing cache made like the run's")
+    p.add_argument("--cache-out", type=Path, metavar="DIR",
+                   help="cache to extract --videos into (default RUN/predict-cache/<folder>-<hash>)")
+    p.add_argument("--weights", metavar="FILE",
+                   help="backbone weights file, if the one recorded at extraction has moved")
+    p.add_argument("--out", type=Path, default=Path("predictions.csv"),
+                   help="predictions CSV (default predictions.csv)")
+    _add_config_options(p, only=EVAL_OVERRIDES)
+
     p = sub.add_parser("baseline", help="mean-pool + scikit-learn linear model, and a mean-pool MLP")
     p.add_argument("--cache", type=Path, required=True)
     p.add_argument("--labels", type=Path, required=True)
@@ -101,12 +122,18 @@ def main(argv: list[str] | None = None) -> int:
 
             evaluate(args.run, args.split, args.metrics, args.predictions, args.cache, args.labels, **ov)
             return 0
+        if args.cmd == "predict":
+            ov = {k: v for k, v in _overrides(args).items() if k in EVAL_OVERRIDES}
+            from temporal.predict import predict_videos
+
+            predict_videos(args.run, args.videos, args.cache, args.out, args.cache_out, args.weights, **ov)
+            return 0
         base = load_config_file(args.config) if args.config else {}
         cfg = as_config(base, **_overrides(args))
         if args.cmd == "train":
             from temporal.train import train
 
-            train(args.cache, args.labels, args.out, cfg)
+            train(args.cache, args.labels, args.out, cfg, resume=args.resume, overwrite=args.overwrite)
         elif args.cmd == "pretrain":
             from temporal.labels import read_labels
             from temporal.pretrain import pretrain

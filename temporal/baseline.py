@@ -103,7 +103,8 @@ def baseline(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_di
     splits = [s for s in ("val", "test") if getattr(data, s)]
     del data
     if mlp:
-        run = train(cache_dir, labels_csv, out / "mlp", cfg.replace(model="meanpool", init=""), log=log)
+        run = train(cache_dir, labels_csv, out / "mlp", cfg.replace(model="meanpool", init=""), log=log,
+                    overwrite=True)  # part of the baseline's outputs, replaced with them
         result["mlp"] = {s: evaluate(run, s, log=log) for s in splits}
     write_json(out / "metrics.json", result)
     for name, res in result.items():

@@ -49,6 +49,24 @@ class Videos:
         self.dim, self.dtype = int(cache.dim), np.dtype(cache.dtype)
         self.lengths = np.array([len(f) for f in self.feats], dtype=np.int64)
 
+    @classmethod
+    def from_arrays(cls, feats: list, times: list, dim: int) -> Videos:
+        """Videos given as arrays (features [T, D], timestamps [T] seconds), e.g. from another tool."""
+        if len(feats) != len(times):
+            raise ValueError(f"{len(feats)} feature arrays but {len(times)} timestamp arrays")
+        self = cls.__new__(cls)
+        self.ids, self.dim, self.feats, self.times = [str(i) for i in range(len(feats))], int(dim), [], []
+        for i, (f, t) in enumerate(zip(feats, times, strict=True)):
+            f, t = np.asarray(f), np.asarray(t, dtype=np.float32)
+            if f.ndim != 2 or f.shape[1] != dim or len(f) == 0 or t.shape != (len(f),):
+                raise ValueError(f"video {i}: expected features [T, {dim}] with T > 0 and timestamps [T], "
+                                 f"got {f.shape} and {t.shape}")
+            self.feats.append(f if f.dtype in (np.float16, np.float32) else f.astype(np.float32))
+            self.times.append(t)
+        self.dtype = np.result_type(*(f.dtype for f in self.feats)) if self.feats else np.dtype(np.float32)
+        self.lengths = np.array([len(f) for f in self.feats], dtype=np.int64)
+        return self
+
     def __len__(self) -> int:
         return len(self.ids)
 

@@ -98,3 +98,18 @@ def class_task(root: str | os.PathLike, videos: int = 48, classes: int = 3, fram
     root = Path(root)
     write_cache(root / "cache", out, dim)
     return root / "cache", write_labels(root / "labels.csv", rows)
+
+
+def regression_task(root: str | os.PathLike, videos: int = 30, offset: float = 0.05, scale: float = 0.1,
+                    seed: int = 0) -> tuple[Path, Path, list[tuple[str, str, str]]]:
+    """Video i's frames sit around i / 10 and its label is offset + scale * i; every third video is
+    test, the rest train. Returns (cache dir, labels path, the label rows)."""
+    rng = np.random.default_rng(seed)
+    out, rows = [], []
+    for i in range(videos):
+        x = rng.standard_normal((10, 8)) + i / 10
+        out.append((f"v{i}.mp4", x.astype(np.float16), np.arange(10, dtype=np.float32)))
+        rows.append((f"v{i}.mp4", f"{offset + scale * i:.2f}", "test" if i % 3 == 0 else "train"))
+    root = Path(root)
+    write_cache(root / "cache", out, dim=8)
+    return root / "cache", write_labels(root / "l.csv", rows), rows

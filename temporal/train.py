@@ -2,10 +2,14 @@
 
 A run directory holds everything `evaluate` needs in a fresh process:
 
-    config.json        options, task, classes, dims, target scaling, cache path + fingerprint
+    config.json        options, task, classes, dims, target scaling, cache + labels paths (absolute and
+                       relative to the run), the cache's fingerprint and provenance (predict re-extracts)
     model.safetensors  the weights of the best validation epoch
     history.csv        one row per epoch: loss, val loss and metrics, learning rate
     summary.json       best epoch, epochs run, timing, sizes, and the val metrics of the kept weights
+
+While training, checkpoint.safetensors (temporal/checkpoint.py) holds the state after the last
+finished epoch; `resume=True` continues from it, and it is removed once summary.json is written.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +32,14 @@ from tqdm import tqdm
 
 import storage
 from storage.device import pick_device
+from storage.durable import TMP_MARK
 from storage.files import write_json
+from temporal.checkpoint import CHECKPOINT, checkpoint_state, load_checkpoint, save_checkpoint
 from temporal.config import Config, ConfigError, as_config, memory_bytes
 from temporal.data import (
     AnyVideos,
     Clip,
+    Videos,
     collate,
     eval_batches,
     eval_clips,
@@ -67,6 +74,7 @@ class Data:
     val: list[int]
     test: list[int]
     fingerprint: dict
+    provenance: dict = field(default_factory=dict)  # how the cache was made (weights source, versions)
 
 
 def load_data(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, cfg: Config,
@@ -88,7 +96,8 @@ def load_data(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, cfg: 
     for note in notes:
         log(f"note: {note}")
     videos = open_videos(cache, labels.ids, cfg, log)
-    return Data(labels, videos, train, labels.rows("val"), labels.rows("test"), cache.fingerprint)
+    return Data(labels, videos, train, labels.rows("val"), labels.rows("test"), cache.fingerprint,
+                cache.info.get("provenance") or {})
 
 
 def open_videos(cache, ids: list[str], cfg: Config, log=print) -> AnyVideos:
@@ -229,18 +238,18 @@ def optimizer_step(opt: torch.optim.Optimizer, params: torch.nn.Module, loss: to
 
 
 @torch.inference_mode()
-def predict(model: torch.nn.Module, data: Data, rows: list[int], cfg: Config, task: str,
+def predict(model: torch.nn.Module, videos: AnyVideos, rows: list[int], cfg: Config, task: str,
             device: torch.device) -> np.ndarray:
     """Scores per row (probabilities; standardised predictions for regression), averaged over views."""
     model.eval()
-    clips = eval_clips(data.videos, rows, cfg.frames, cfg.eval_mode, cfg.sampling, cfg.eval_views)
+    clips = eval_clips(videos, rows, cfg.frames, cfg.eval_mode, cfg.sampling, cfg.eval_views)
     where = {v: r for r, v in enumerate(rows)}
     sums: np.ndarray | None = None
     counts = np.zeros(len(rows))
     batches = eval_batches(clips, cfg.batch_size * cfg.frames)
     for k, batch in enumerate(batches):
-        x, t, m = collate(data.videos, batch, device)
-        data.videos.prefetch(c.video for c in (batches[k + 1] if k + 1 < len(batches) else []))
+        x, t, m = collate(videos, batch, device)
+        videos.prefetch(c.video for c in (batches[k + 1] if k + 1 < len(batches) else []))
         with autocast(device):
             s = to_scores(task, model(x, t, m)).cpu().numpy().astype(np.float64)
         if sums is None:
@@ -265,32 +274,86 @@ def full_length_note(cfg: Config, lengths: np.ndarray) -> str | None:
             "training did; train with frames >= the longest video (or eval_mode views) for the two to agree")
 
 
+def label_units(scores: np.ndarray, meta: dict) -> np.ndarray:
+    """Regression predictions back in the label's unit (training standardised the targets)."""
+    if meta["task"] != "regression":
+        return scores
+    return scores * meta["target_std"] + meta["target_mean"]
+
+
 def score_rows(model, data: Data, rows: list[int], cfg: Config, meta: dict, device
                ) -> tuple[dict, np.ndarray]:
     """(metrics incl. loss, scores in label units) for `rows`."""
     task = meta["task"]
-    scores = predict(model, data, rows, cfg, task, device)
+    scores = predict(model, data.videos, rows, cfg, task, device)
     y = data.labels.target_array(rows)
     if task == "regression":
-        mean, std = meta["target_mean"], meta["target_std"]
-        loss = scores_loss(task, (y - mean) / std, scores)
-        scores = scores * std + mean
+        loss = scores_loss(task, (y - meta["target_mean"]) / meta["target_std"], scores)
     else:
         loss = scores_loss(task, y, scores)
+    scores = label_units(scores, meta)
     return {"videos": len(rows), "loss": clean(loss), **compute_metrics(task, y, scores)}, scores
 
 
 # ---------------------------------------------------------------- train
 
-def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: str | os.PathLike,
-          config: Config | dict | None = None, log=print, **overrides) -> Path:
-    """Train on the `train` split, early-stop on `val`, save the best weights to `out_dir`."""
-    cfg = as_config(config, **overrides)
-    out = Path(out_dir)
+def prepare_out(out: Path, resume: bool, overwrite: bool, log=print) -> bool:
+    """Check that `out` may be written (a finished or interrupted run is replaced only on request);
+    returns whether to resume from its checkpoint."""
+    finished, ckpt = (out / "summary.json").exists(), (out / CHECKPOINT).exists()
+    for p in out.glob(f"{CHECKPOINT}{TMP_MARK}*"):  # a checkpoint being written when the run was killed
+        p.unlink()
+    if resume and not overwrite:
+        if finished and not ckpt:
+            raise RunError(f"{out}: this run already finished (summary.json): nothing to resume; "
+                           "pass --overwrite to train it again")
+        if not ckpt:
+            log(f"note: {out} has no checkpoint ({CHECKPOINT}) to resume from: starting from epoch 1")
+        return ckpt
+    if not overwrite and finished:
+        raise RunError(f"{out} already holds a finished run (summary.json): choose another --out, "
+                       "or pass --overwrite to replace it")
+    if not overwrite and ckpt:
+        raise RunError(f"{out} holds an interrupted run ({CHECKPOINT}): pass --resume to continue it, "
+                       "or --overwrite to start again")
     out.mkdir(parents=True, exist_ok=True)
-    for pattern in RUN_FILES:  # a previous run's files must not pass for this one's
+    for pattern in (*RUN_FILES, CHECKPOINT):  # a previous run's files must not pass for this one's
         for p in out.glob(pattern):
             p.unlink()
+    return False
+
+
+def recorded_paths(cache_dir, labels_csv, out: Path) -> dict:
+    """The cache and labels paths a run records: absolute, and relative to the run (for a moved tree)."""
+    paths = {}
+    for key, p in (("cache", cache_dir), ("labels", labels_csv)):
+        p = Path(p).resolve()
+        paths[key], paths[f"{key}_from_run"] = str(p), os.path.relpath(p, out.resolve())
+    return paths
+
+
+def recorded_path(run: Path, meta: dict, key: str) -> Path:
+    """The `cache` or `labels` path a run recorded, found from any working directory."""
+    tried = [Path(meta[key])]
+    if f"{key}_from_run" in meta:
+        tried.append(run / meta[f"{key}_from_run"])
+    for p in tried:
+        if p.exists():
+            return p
+    raise FileNotFoundError(f"{key} recorded at training not found (tried {', '.join(map(str, tried))}); "
+                            f"pass --{key} explicitly")
+
+
+def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: str | os.PathLike,
+          config: Config | dict | None = None, log=print, resume: bool = False, overwrite: bool = False,
+          **overrides) -> Path:
+    """Train on the `train` split, early-stop on `val`, save the best weights to `out_dir`.
+
+    A finished run in `out_dir` is an error unless `overwrite`; `resume` continues an interrupted
+    one from its last epoch's checkpoint, ending exactly where the uninterrupted run would."""
+    cfg = as_config(config, **overrides)
+    out = Path(out_dir)
+    resuming = prepare_out(out, resume, overwrite, log)
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -302,8 +365,8 @@ def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: 
                           f"choose from {('loss', *METRICS[task])}")
     meta = {"format": RUN_FORMAT, "task": task, "classes": classes, "in_dim": data.videos.dim,
             "out_dim": 1 if task == "regression" else len(classes), "target_mean": 0.0, "target_std": 1.0,
-            "cache": str(cache_dir), "labels": str(labels_csv), "fingerprint": data.fingerprint,
-            "config": cfg.to_dict(),
+            **recorded_paths(cache_dir, labels_csv, out), "fingerprint": data.fingerprint,
+            "provenance": data.provenance, "config": cfg.to_dict(),
             "versions": {"torch": torch.__version__, "numpy": np.__version__}}
     if task == "regression":  # standardise targets so lr and init suit any unit
         y = data.labels.target_array(data.train)
@@ -338,8 +401,17 @@ def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: 
     monitor = cfg.monitor
 
     history, best, best_epoch, best_state, stopped_early = [], None, 0, None, False
-    step, t0 = 0, time.time()
-    bar = tqdm(range(1, cfg.epochs + 1), desc="epochs", unit="ep", dynamic_ncols=True)
+    step, done, seconds = 0, 0, 0.0
+    if resuming:
+        check_resumable(out, checkpoint_state(out / CHECKPOINT), cfg, data.fingerprint)
+        state, best_state = load_checkpoint(out / CHECKPOINT, model, opt, rng)
+        history, best, best_epoch, stopped_early = (state[k] for k in ("history", "best", "best_epoch",
+                                                                        "stopped_early"))
+        step, done, seconds = state["step"], state["epoch"], state["seconds"]
+        log(f"resuming {out} after epoch {done}/{cfg.epochs}")
+    t0 = time.time() - seconds
+    epochs = range(done + 1, 1 if stopped_early else cfg.epochs + 1)
+    bar = tqdm(epochs, desc="epochs", unit="ep", dynamic_ncols=True, initial=done, total=cfg.epochs)
     for epoch in bar:
         model.train()
         perm = rng.permutation(data.train)
@@ -371,8 +443,13 @@ def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: 
             best_state = copy.deepcopy(model.state_dict())
         post = {f"val_{monitor}": _fmt(current)} if use_val else {}
         bar.set_postfix(loss=_fmt(row["train_loss"]), **post)
-        if use_val and cfg.patience and epoch - best_epoch >= cfg.patience and epoch < cfg.epochs:
-            stopped_early = True
+        stopped_early = bool(use_val and cfg.patience and epoch - best_epoch >= cfg.patience
+                             and epoch < cfg.epochs)
+        save_checkpoint(out / CHECKPOINT, model, opt, best_state, rng, {
+            "epoch": epoch, "step": step, "history": history, "best": best, "best_epoch": best_epoch,
+            "stopped_early": stopped_early, "seconds": time.time() - t0, "config": cfg.to_dict(),
+            "fingerprint": data.fingerprint})
+        if stopped_early:
             break
     bar.close()
 
@@ -391,6 +468,7 @@ def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: 
     if use_val:
         summary["val"], _ = score_rows(model, data, data.val, cfg, meta, device)
     write_json(out / "summary.json", summary)
+    (out / CHECKPOINT).unlink(missing_ok=True)  # the run is complete: nothing left to resume
     shown = ", ".join(f"{k} {v:.4f}" for k, v in summary.get("val", {}).items()
                       if k != "videos" and v is not None)
     log(f"trained {cfg.model} ({cfg.streams}/{cfg.fusion}) on {len(data.train)} videos: "
@@ -403,6 +481,20 @@ def _held(videos: AnyVideos) -> str:
     if videos.lazy:
         return f"features read lazily, at most {videos.store.budget / 2**20:.0f} MiB held"
     return f"{videos.nbytes / 2**20:.1f} MiB of features in memory"
+
+
+def check_resumable(out: Path, state: dict, cfg: Config, fingerprint: dict) -> None:
+    """A checkpoint continues only the run that wrote it: same options (device, memory aside), same cache."""
+    free = ("device", "memory_budget")  # where and how the features are held: the run is the same
+    saved = {k: v for k, v in state["config"].items() if k not in free}
+    now = {k: v for k, v in cfg.to_dict().items() if k not in free}
+    if saved != now:
+        diff = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now))
+                         if saved.get(k) != now.get(k))
+        raise RunError(f"{out}: cannot resume with other options than the interrupted run's ({diff}); "
+                       "run with the same options, or --overwrite to start again")
+    if state["fingerprint"] != fingerprint:
+        raise RunError(f"{out}: the cache's fingerprint differs from the one the interrupted run trained on")
 
 
 def _fmt(v: float | None) -> str:
@@ -436,15 +528,50 @@ def read_meta(run_dir: str | os.PathLike) -> dict:
     return meta
 
 
-def load_run(run_dir: str | os.PathLike, device: torch.device | str | None = None
-             ) -> tuple[torch.nn.Module, Config, dict]:
-    """(model in eval mode, config, run metadata) from a run directory."""
+@dataclass
+class Run:
+    """A trained run, loaded: `predict` scores videos given as arrays (as `python -m temporal predict`)."""
+
+    dir: Path
+    model: torch.nn.Module  # in eval mode, on `device`
+    config: Config  # the training options, with any evaluation overrides
+    meta: dict  # config.json
+    device: torch.device
+
+    @property
+    def task(self) -> str:
+        return self.meta["task"]
+
+    @property
+    def classes(self) -> list[str]:
+        return self.meta["classes"]
+
+    def scores(self, videos: AnyVideos, rows: list[int]) -> np.ndarray:
+        """Scores of videos `rows`: probabilities [N, C], or regression values [N] in the label's unit."""
+        return label_units(predict(self.model, videos, rows, self.config, self.task, self.device), self.meta)
+
+    def predict(self, features, timestamps) -> np.ndarray:
+        """One video (features [T, D], timestamps [T] in seconds) -> class probabilities [C] (a 0-d
+        value for regression, in the label's unit); lists of videos -> [N, C] (or [N])."""
+        one = getattr(features, "ndim", None) == 2
+        feats, times = ([features], [timestamps]) if one else (list(features), list(timestamps))
+        videos = Videos.from_arrays(feats, times, self.meta["in_dim"])
+        s = self.scores(videos, list(range(len(videos))))
+        return s[0] if one else s
+
+
+def load_run(run_dir: str | os.PathLike, device: torch.device | str | None = None, **overrides) -> Run:
+    """A run directory's model (eval mode) and options; `overrides` may change the evaluation
+    options (eval_mode, eval_views, batch_size, device)."""
+    bad = sorted(set(overrides) - set(EVAL_OVERRIDES))
+    if bad:
+        raise RunError(f"evaluation can only override {EVAL_OVERRIDES}, not {bad}")
     meta = read_meta(run_dir)
-    cfg = Config.from_dict(meta["config"])
+    cfg = Config.from_dict(meta["config"]).replace(**{k: v for k, v in overrides.items() if v is not None})
     model = build_model(cfg, meta["in_dim"], meta["out_dim"])
     model.load_state_dict(load_file(str(Path(run_dir) / "model.safetensors")))
     device = torch.device(device) if device is not None else pick_device(cfg.device)
-    return model.to(device).eval(), cfg, meta
+    return Run(Path(run_dir), model.to(device).eval(), cfg, meta, device)
 
 
 def evaluate(run_dir: str | os.PathLike, split: str = "test", metrics_path: str | os.PathLike | None = None,
@@ -453,26 +580,16 @@ def evaluate(run_dir: str | os.PathLike, split: str = "test", metrics_path: str 
     """Metrics of a saved run on `split`; writes metrics JSON and a per-video predictions CSV
     (defaults: RUN/metrics_SPLIT.json, RUN/predictions_SPLIT.csv). `overrides` may change
     eval_mode, eval_views, batch_size, device."""
-    bad = sorted(set(overrides) - set(EVAL_OVERRIDES))
-    if bad:
-        raise RunError(f"evaluate can only override {EVAL_OVERRIDES}, not {bad}")
     if split not in ("train", "val", "test"):
         raise RunError(f"unknown split {split!r}: choose train, val or test")
     run = Path(run_dir)
-    meta = read_meta(run)
-    cfg = Config.from_dict(meta["config"]).replace(**{k: v for k, v in overrides.items() if v is not None})
-    device = pick_device(cfg.device)
-    model, _, _ = load_run(run, device)
-    cache_dir = Path(cache_dir if cache_dir is not None else meta["cache"])
-    labels_csv = Path(labels_csv if labels_csv is not None else meta["labels"])
-    for what, p in (("cache", cache_dir), ("labels", labels_csv)):
-        if not p.exists():
-            raise FileNotFoundError(f"{what} {p} (recorded at training) not found; pass it explicitly")
+    loaded = load_run(run, **overrides)
+    model, cfg, meta, device = loaded.model, loaded.config, loaded.meta, loaded.device
+    cache_dir = Path(cache_dir) if cache_dir is not None else recorded_path(run, meta, "cache")
+    labels_csv = Path(labels_csv) if labels_csv is not None else recorded_path(run, meta, "labels")
     data = load_data(cache_dir, labels_csv, cfg, task=meta["task"], classes=meta["classes"] or None, log=log,
                      training=False)
-    if data.fingerprint != meta["fingerprint"]:
-        raise RunError(f"{cache_dir}: its fingerprint differs from the cache the run was trained on "
-                         "(different backbone or preprocessing): the features would not mean the same")
+    check_fingerprint(cache_dir, data.fingerprint, meta)
     rows = getattr(data, split)
     if not rows:
         raise LabelError(f"split {split!r} has no videos in {labels_csv}")
@@ -488,15 +605,28 @@ def evaluate(run_dir: str | os.PathLike, split: str = "test", metrics_path: str 
     return metrics
 
 
+def check_fingerprint(cache_dir, fingerprint: dict, meta: dict) -> None:
+    if fingerprint != meta["fingerprint"]:
+        raise RunError(f"{cache_dir}: its fingerprint differs from the cache the run was trained on "
+                       "(different backbone or preprocessing): the features would not mean the same")
+
+
 def write_predictions(path: Path, labels: Labels, rows: list[int], scores: np.ndarray) -> None:
     """video_id,actual,predicted[,prob_<class>...]: one row per video (for confusion matrices)."""
+    write_scores(path, [labels.ids[i] for i in rows], labels.task, labels.classes, scores,
+                 actual=[labels.label_text(i) for i in rows])
+
+
+def write_scores(path: Path, ids: list[str], task: str, classes: list[str], scores: np.ndarray,
+                 actual: list[str] | None = None) -> None:
+    """video_id[,actual],predicted[,prob_<class>...]: the predicted class (classes joined by '|' for
+    multi-label, those with probability >= 0.5; the value for regression) and each class's probability."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    task, classes = labels.task, labels.classes
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["video_id", "actual", "predicted"]
+        w.writerow(["video_id", *(["actual"] if actual is not None else []), "predicted"]
                    + ([f"prob_{c}" for c in classes] if task != "regression" else []))
-        for r, i in enumerate(rows):
+        for r, vid in enumerate(ids):
             s = scores[r]
             if task == "single":
                 pred = classes[int(np.argmax(s))]
@@ -505,4 +635,4 @@ def write_predictions(path: Path, labels: Labels, rows: list[int], scores: np.nd
             else:
                 pred = f"{float(s):.6g}"
             probs = [f"{p:.6f}" for p in s] if task != "regression" else []
-            w.writerow([labels.ids[i], labels.label_text(i), pred, *probs])
+            w.writerow([vid, *([actual[r]] if actual is not None else []), pred, *probs])

@@ -42,7 +42,8 @@ def test_every_variant_runs_forward_and_backward_with_masks(model, streams, fusi
         assert (m.temporal is None) == (streams == "spatial")
 
 
-@pytest.mark.parametrize(("time_encoding", "events"), [("timestamp", 0), ("index", 0), ("none", 0), ("timestamp", 5)])
+@pytest.mark.parametrize(("time_encoding", "events"),
+                         [("timestamp", 0), ("index", 0), ("none", 0), ("timestamp", 5)])
 @pytest.mark.parametrize(("model", "streams", "fusion"), VARIANTS)
 def test_padding_does_not_change_the_output(model, streams, fusion, time_encoding, events):
     torch.manual_seed(0)
@@ -69,8 +70,9 @@ def test_temporal_stream_sees_order_and_mean_pool_does_not():
 
 
 def test_event_summary_says_how_much_where_and_how_often():
-    """Frames of three kinds: a (filler, entered 4 times, the first frame too), b at 20-29 %, c twice. With the prototypes on
-    the kinds (as k-means finds them) the summary reads share, position and onsets off exactly."""
+    """Frames of three kinds: a (filler, entered 4 times, the first frame too), b at 20-29 %, c
+    twice. With the prototypes on the kinds (as k-means finds them) the summary reads share,
+    position and onsets off exactly."""
     torch.manual_seed(0)
     kinds = torch.eye(3, 16)
     seq = [0] * 20 + [1] * 10 + [0] * 30 + [2] * 5 + [0] * 20 + [2] * 5 + [0] * 11  # 101 frames

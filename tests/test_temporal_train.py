@@ -8,7 +8,7 @@ import pytest
 
 import storage
 import temporal
-from temporal.synth import class_task, order_task, write_cache, write_labels
+from temporal.synth import class_task, order_task, regression_task, write_cache, write_labels
 from temporal.train import RunError
 from tests.testing import run_module
 
@@ -184,15 +184,8 @@ def test_train_fraction_trains_on_the_stratified_subset(tmp_path):
 
 
 def test_a_regression_run_evaluates_on_labels_without_train_rows(tmp_path):
-    rng = np.random.default_rng(0)
-    videos, rows = [], []
-    for i in range(30):
-        x = rng.standard_normal((10, 8)) + i / 10
-        videos.append((f"v{i}.mp4", x.astype(np.float16), np.arange(10, dtype=np.float32)))
-        rows.append((f"v{i}.mp4", f"{i / 10 + 0.05:.2f}", "test" if i % 3 == 0 else "train"))
-    cache = write_cache(tmp_path / "cache", videos, dim=8)
-    run = temporal.train(cache, write_labels(tmp_path / "l.csv", rows), tmp_path / "run", TINY, epochs=2,
-                         log=quiet)
+    cache, labels, rows = regression_task(tmp_path)
+    run = temporal.train(cache, labels, tmp_path / "run", TINY, epochs=2, log=quiet)
     only_test = write_labels(tmp_path / "test.csv", [r for r in rows if r[2] == "test"])
     m = temporal.evaluate(run, "test", labels_csv=only_test, log=quiet)
     assert m["videos"] == 10 and m["mse"] is not None

@@ -16,7 +16,7 @@ from storage.files import write_json
 
 # STAN's own switches: the mean-pool baselines never read them (the MLP takes `dim` and `dropout`)
 STAN_ONLY = ("model", "streams", "fusion", "heads", "depth_spatial", "depth_temporal", "depth_fusion",
-             "clip_len", "mlp_ratio", "time_encoding", "pool", "pca_dims", "init")
+             "clip_len", "mlp_ratio", "time_encoding", "pool", "pca_dims", "events", "init")
 PARAMS = [f"temporal.{f.name}" for f in dataclasses.fields(temporal.Config) if f.name not in STAN_ONLY]
 
 

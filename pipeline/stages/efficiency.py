@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for frac in fractions:
         sub = cfg.replace(train_fraction=frac)
-        run = temporal.train(a.cache, a.labels, a.out / f"stan_{frac:g}", sub)
+        run = temporal.train(a.cache, a.labels, a.out / f"stan_{frac:g}", sub, overwrite=True)
         stan = temporal.evaluate(run, a.split)
         probe = temporal.baseline(a.cache, a.labels, a.out / f"probe_{frac:g}", sub, mlp=False)
         probe = probe["linear"][a.split]

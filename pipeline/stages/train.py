@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     cfg = temporal.Config.from_dict(load_params(a.params).get("temporal") or {})
-    temporal.train(a.cache, a.labels, a.out, cfg)
+    temporal.train(a.cache, a.labels, a.out, cfg, overwrite=True)  # a DVC output: DVC says when it is stale
     return 0
 
 
