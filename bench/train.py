@@ -8,7 +8,8 @@
            Twice, side by side on a cache of --step-videos videos: `memory` (its features held in
            memory) and `lazy` (read from the shards through temporal.data.LazyVideos within a budget
            of a quarter of them: the cache is 4x the budget, and the budget still holds a few
-           batches' chunks, as a real one of GBs does), same seed, same batches, in 3 rounds
+           batches' chunks, as a real one of GBs does), same seed, same batches, alternated in 3
+           rounds; medians over the steps, and data_fraction_of_sums (sum data / sum step)
   epoch    one epoch of `temporal.train` from a cache (its cache loading, the epoch and the checkpoint
            included) against extracting the same videos. The extraction side is a LOWER BOUND: only
            the timm backbone forward (--backbone, random init, same batch size and threads) over the
@@ -44,7 +45,7 @@ import torch
 import storage
 import temporal
 from storage.device import pick_device
-from temporal.data import LazyVideos, Videos, feature_bytes
+from temporal.data import LazyVideos, Videos, feature_bytes, upcoming
 from temporal.synth import write_cache, write_labels
 from temporal.train import autocast, loss_fn, optimizer_step, param_groups, train_batch
 
@@ -68,60 +69,61 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def step_split(videos, lab, cfg: temporal.Config, steps: int) -> dict:
-    """Mean data and compute time of a training step, as `temporal.train` runs it."""
+def step_split(videos, lab, cfg: temporal.Config, steps: int) -> np.ndarray:
+    """[steps, 2] seconds of data (sample, gather, pad, to the device) and compute (forward,
+    backward, AdamW) of each training step, as `temporal.train` runs it."""
     device = pick_device(cfg.device)
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     model = temporal.build_model(cfg, videos.dim, len(lab.classes)).to(device).train()
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
     y_all = torch.from_numpy(lab.target_array(list(range(len(lab)))))
-    t_data = t_comp = 0.0
-    batches = [rng.choice(len(lab), size=cfg.batch_size, replace=False) for _ in range(steps + 3)]
+    bs = cfg.batch_size
+    order = np.concatenate([rng.choice(len(lab), size=bs, replace=False) for _ in range(steps + 5)])
+    times = []
     for s in range(steps + 2):  # the first two steps warm up allocators and kernels
-        rows = batches[s]
+        rows = order[s * bs:(s + 1) * bs]
         sync(device)
         t0 = time.perf_counter()
         x, t, m = train_batch(videos, rows, cfg, rng, device)
         y = y_all[torch.from_numpy(rows)].to(device)
-        videos.prefetch(batches[s + 1])  # as temporal.train does: the next batch is read meanwhile
+        videos.prefetch(upcoming(order, s * bs, bs))  # as temporal.train does
         sync(device)
         t1 = time.perf_counter()
         with autocast(device):
             logits = model(x, t, m)
         optimizer_step(opt, model, loss_fn("single", logits, y), cfg.lr, cfg.grad_clip)
         sync(device)
-        t2 = time.perf_counter()
-        if s >= 2:
-            t_data, t_comp = t_data + (t1 - t0), t_comp + (t2 - t1)
-    return {"steps": steps, "batch_size": cfg.batch_size, "frames": cfg.frames,
-            "data_ms": round(1000 * t_data / steps, 3), "compute_ms": round(1000 * t_comp / steps, 2),
-            "step_ms": round(1000 * (t_data + t_comp) / steps, 2),
-            "data_fraction": round(t_data / (t_data + t_comp), 5)}
+        times.append((t1 - t0, time.perf_counter() - t1))
+    return np.array(times[2:])
 
 
-def step_memory_vs_lazy(cache: Path, labels: Path, cfg: temporal.Config, steps: int) -> dict:
-    """`step_split` on the features in memory and read lazily (a budget of 1/4 of them), interleaved
-    in rounds so both see the same machine load."""
+def step_memory_vs_lazy(cache: Path, labels: Path, cfg: temporal.Config, steps: int, rounds: int = 3) -> dict:
+    """`step_split` on the features in memory and read lazily (a budget of 1/4 of them), alternated
+    over `rounds` so both see the same machine load. Medians over the steps (a shared machine's
+    bursts are not the code's), and the fraction of the summed times too."""
     lab = temporal.read_labels(labels)
     reader = storage.open_cache(cache)
     budget = feature_bytes(reader, lab.ids) // 4
     kinds = {"memory": lambda: Videos(reader, lab.ids), "lazy": lambda: LazyVideos(reader, lab.ids, budget)}
-    runs: dict[str, list[dict]] = {k: [] for k in kinds}
-    held = {}
-    for _ in range(3):
+    runs: dict[str, list[np.ndarray]] = {k: [] for k in kinds}
+    out: dict = {"lazy": {}}
+    for _ in range(rounds):
         for kind, make in kinds.items():
             videos = make()
             runs[kind].append(step_split(videos, lab, cfg, steps))
             if kind == "lazy":
                 store = videos.store
-                held = {"budget_bytes": budget, "peak_bytes": store.peak, "chunk_reads": store.reads}
-    out = {}
+                out["lazy"] = {"budget_bytes": budget, "peak_bytes": store.peak, "chunk_reads": store.reads}
     for kind, rs in runs.items():
-        best = min(rs, key=lambda r: r["data_ms"] + r["compute_ms"])  # the least disturbed round
-        out[kind] = {k: v for k, v in best.items() if k not in ("steps", "batch_size", "frames")}
-    out["lazy"].update(held)
-    out.update(steps=steps, batch_size=cfg.batch_size, frames=cfg.frames, rounds=3,
+        t = np.concatenate(rs)
+        data, comp = np.median(t[:, 0]), np.median(t[:, 1])
+        out[kind] = {"data_ms": round(1000 * data, 3), "compute_ms": round(1000 * comp, 2),
+                     "step_ms": round(1000 * (data + comp), 2),
+                     "data_fraction": round(data / (data + comp), 5),
+                     "data_fraction_of_sums": round(t[:, 0].sum() / t.sum(), 5), **out.get(kind, {})}
+    out["lazy_step_over_memory_step"] = round(out["lazy"]["step_ms"] / out["memory"]["step_ms"], 3)
+    out.update(steps=steps, rounds=rounds, batch_size=cfg.batch_size, frames=cfg.frames,
                feature_bytes=feature_bytes(reader, lab.ids))
     return out
 
@@ -225,7 +227,7 @@ def main() -> None:
     ap.add_argument("--frames-per-video", type=int, default=120, help="cached frames each (2 min at 1 fps)")
     ap.add_argument("--in-dim", type=int, default=768, help="feature width D (ViT-B: 768)")
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--step-videos", type=int, default=768, help="videos in the cache of the step figures")
+    ap.add_argument("--step-videos", type=int, default=1024, help="videos in the cache of the step figures")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: stable on a shared machine)")
     ap.add_argument("--backbone", default="vit_base_patch16_224")
     ap.add_argument("--backbone-batches", type=int, default=2)

@@ -90,47 +90,62 @@ class ChunkStore:
     """Shard chunks read from a cache, least recently used dropped first, under `budget` bytes.
 
     Features are kept chunk by chunk (the unit a shard stores and reads), timestamps a shard at a
-    time (4 bytes a frame; their chunks are longer).
-    `nbytes` is what it holds now, `peak` the most it ever held (counted as the arrays' bytes):
-    at most the budget, or one chunk when a chunk alone is larger. Thread-safe (one reader at a
-    time), so a prefetching thread may fill it while the model runs.
+    time (4 bytes a frame; their chunks are longer). `nbytes` is what it holds now, `peak` the
+    most it ever held (the arrays' bytes): at most the budget, or one chunk when a chunk alone is
+    larger. Thread-safe, so a prefetching thread may fill it while the model runs: one thread
+    reads the cache at a time, and a chunk already held is served while another is being read.
     """
 
     def __init__(self, cache, budget: int):
         self.cache, self.budget = cache, int(budget)
         self._chunks: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()  # (shard, chunk or -1)
         self._rows: dict[int, int] = {}
-        self._lock = threading.Lock()  # the cache reader's open shards are not thread-safe either
+        self._held = threading.Lock()  # the store's own state
+        self._io = threading.Lock()  # the cache reader (its open shards are not thread-safe)
         self.nbytes = self.peak = self.reads = 0
 
     def rows(self, s: int, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
         """Features and timestamps of rows a:b of shard `s`, from the chunks holding them."""
         if b <= a:
             return np.zeros((0, self.cache.dim), self.cache.dtype), np.zeros(0, np.float32)
-        with self._lock:
-            n = self._rows.get(s) or self._rows.setdefault(s, self.cache.chunk_rows(s))
-            times = self._get((s, -1), lambda: self.cache.read_array(s, "timestamps"))  # 4 bytes a row
-            parts = []
-            for c in range(a // n, (b - 1) // n + 1):
-                lo = c * n
-                f = self._get((s, c), lambda lo=lo: self.cache.read_array(
-                    s, "features", lo, min(lo + n, self.cache.entries[s]["frames"])))
-                parts.append(f[max(a - lo, 0):b - lo])
+        n = self._rows.get(s)
+        if n is None:
+            with self._io:
+                n = self._rows[s] = self.cache.chunk_rows(s)
+        times = self._get((s, -1), lambda: self.cache.read_array(s, "timestamps"))  # 4 bytes a row
+        parts = []
+        for c in range(a // n, (b - 1) // n + 1):
+            lo = c * n
+            f = self._get((s, c), lambda lo=lo: self.cache.read_array(
+                s, "features", lo, min(lo + n, self.cache.entries[s]["frames"])))
+            parts.append(f[max(a - lo, 0):b - lo])
         feats = parts[0] if len(parts) == 1 else np.concatenate(parts)
         return feats, times[a:b]
 
     def _get(self, key: tuple[int, int], read) -> np.ndarray:
+        with self._held:
+            got = self._hit(key)
+        if got is not None:
+            return got
+        with self._io:
+            with self._held:
+                got = self._hit(key)  # read by the other thread while we waited
+            if got is not None:
+                return got
+            got = read()
+        with self._held:
+            self.reads += 1
+            while self._chunks and self.nbytes + got.nbytes > self.budget:
+                self.nbytes -= self._chunks.popitem(last=False)[1].nbytes
+            self._chunks[key] = got
+            self.nbytes += got.nbytes
+            self.peak = max(self.peak, self.nbytes)
+        return got
+
+    def _hit(self, key: tuple[int, int]) -> np.ndarray | None:
         got = self._chunks.get(key)
         if got is not None:
             self._chunks.move_to_end(key)
-            return got
-        got = read()
-        self.reads += 1
-        while self._chunks and self.nbytes + got.nbytes > self.budget:
-            self.nbytes -= self._chunks.popitem(last=False)[1].nbytes
-        self._chunks[key] = got
-        self.nbytes += got.nbytes
-        self.peak = max(self.peak, self.nbytes)
         return got
 
 
@@ -212,6 +227,12 @@ def feature_bytes(cache, ids: list[str]) -> int:
 
 
 AnyVideos = Videos | LazyVideos
+AHEAD = 2  # batches read ahead by `LazyVideos.prefetch`: slack for a busy machine
+
+
+def upcoming(order: np.ndarray, start: int, batch_size: int) -> np.ndarray:
+    """The rows of the AHEAD batches after the one starting at `start` of `order` (to prefetch)."""
+    return order[start + batch_size:start + (1 + AHEAD) * batch_size]
 
 
 def load_videos(cache, ids: list[str], budget: int) -> AnyVideos:

@@ -28,7 +28,7 @@ import storage
 from storage.device import pick_device
 from storage.files import write_json
 from temporal.config import Config, ConfigError, as_config
-from temporal.data import principal_components
+from temporal.data import principal_components, upcoming
 from temporal.model import build_model, sinusoid
 from temporal.train import (
     RunError,
@@ -109,7 +109,7 @@ def pretrain(cache_dir: str | os.PathLike, out_dir: str | os.PathLike, config: C
         for b in range(0, len(perm), cfg.batch_size):
             sel = perm[b:b + cfg.batch_size]
             x, t, m = train_batch(videos, sel, cfg, rng, device)
-            videos.prefetch(perm[b + cfg.batch_size:b + 2 * cfg.batch_size])
+            videos.prefetch(upcoming(perm, b, cfg.batch_size))
             target = (x - mean_t) @ proj_t  # what the clean frames were, dropped ones included
             xa, ma = augment(x, m, cfg, std, rng)
             pred = decoder(model.embed(xa, t, ma), t)

@@ -48,6 +48,7 @@ from temporal.data import (
     principal_components,
     prototypes,
     sample_frames,
+    upcoming,
 )
 from temporal.labels import LabelError, Labels, check_classes, match_cache, read_labels, train_subset
 from temporal.metrics import METRICS, better, clean, compute_metrics, scores_loss
@@ -249,7 +250,7 @@ def predict(model: torch.nn.Module, videos: AnyVideos, rows: list[int], cfg: Con
     batches = eval_batches(clips, cfg.batch_size * cfg.frames)
     for k, batch in enumerate(batches):
         x, t, m = collate(videos, batch, device)
-        videos.prefetch(c.video for c in (batches[k + 1] if k + 1 < len(batches) else []))
+        videos.prefetch(c.video for c in (batches[k + 1] if k + 1 < len(batches) else []))  # next one
         with autocast(device):
             s = to_scores(task, model(x, t, m)).cpu().numpy().astype(np.float64)
         if sums is None:
@@ -419,7 +420,7 @@ def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: 
         for b in range(0, len(perm), cfg.batch_size):
             rows = perm[b:b + cfg.batch_size]
             x, t, m = train_batch(data.videos, rows, cfg, rng, device)
-            data.videos.prefetch(perm[b + cfg.batch_size:b + 2 * cfg.batch_size])  # read during the step
+            data.videos.prefetch(upcoming(perm, b, cfg.batch_size))  # read while this step computes
             x, m = augment(x, m, cfg, std, rng)
             y = y_all[torch.from_numpy(rows)].to(device)
             lr = lr_at(step, total, warm, cfg.lr)
