@@ -71,7 +71,7 @@ class Config:
     monitor: str = "loss"  # val loss, or a val metric name (accuracy, macro_f1, map, mse, r2, ...)
     seed: int = 0
     device: str = "auto"  # auto (cuda if present) | cpu | cuda | cuda:N (storage.device.pick_device)
-    # features held in memory: auto (half the memory free at start) or a size (2GB, 512MiB, bytes);
+    # features held in memory: auto (half the memory available at start) or a size (2GB, 512MiB, bytes);
     # a cache larger than that is read from its shards as batches need it (the results do not change)
     memory_budget: str = "auto"
 
@@ -129,19 +129,28 @@ class ConfigError(ValueError):
     pass
 
 
+def _available_memory() -> int:
+    """Bytes the system can give without swapping (Linux MemAvailable counts reclaimable page cache)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
+
+
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
 
 def memory_bytes(budget: str) -> int:
     """Bytes of a `memory_budget`: "2GB", "1.5GiB", "512mb", "1000000"; "auto": half the memory
-    available now (all of it where the system does not say)."""
+    available now."""
     text = budget.strip().lower().replace(" ", "")
     if text == "auto":
-        try:
-            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
-        except (ValueError, OSError, AttributeError):
-            return 1 << 62
+        return _available_memory() // 2
     number = text.rstrip("kmgtib")
     unit = text[len(number):]
     try:
