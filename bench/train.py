@@ -9,7 +9,9 @@
            memory) and `lazy` (read from the shards through temporal.data.LazyVideos within a budget
            of a quarter of them: the cache is 4x the budget, and the budget still holds a few
            batches' chunks, as a real one of GBs does), same seed, same batches, alternated in 3
-           rounds; medians over the steps, and data_fraction_of_sums (sum data / sum step)
+           rounds; medians over the steps, and data_fraction_of_sums (sum data / sum step);
+           cpu_ms: the process's CPU time per step, all threads (the prefetching thread's reads
+           included): lazy_extra_cpu_fraction is the share of a lazy step's CPU spent reading
   epoch    one epoch of `temporal.train` from a cache (its cache loading, the epoch and the checkpoint
            included) against extracting the same videos. The extraction side is a LOWER BOUND: only
            the timm backbone forward (--backbone, random init, same batch size and threads) over the
@@ -70,8 +72,9 @@ def sync(device: torch.device) -> None:
 
 
 def step_split(videos, lab, cfg: temporal.Config, steps: int) -> np.ndarray:
-    """[steps, 2] seconds of data (sample, gather, pad, to the device) and compute (forward,
-    backward, AdamW) of each training step, as `temporal.train` runs it."""
+    """[steps, 3] seconds of data (sample, gather, pad, to the device) and compute (forward,
+    backward, AdamW) of each training step, as `temporal.train` runs it, and the CPU time the
+    process spent in the step (all threads: a prefetching thread's reads included)."""
     device = pick_device(cfg.device)
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -84,7 +87,7 @@ def step_split(videos, lab, cfg: temporal.Config, steps: int) -> np.ndarray:
     for s in range(steps + 2):  # the first two steps warm up allocators and kernels
         rows = order[s * bs:(s + 1) * bs]
         sync(device)
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         x, t, m = train_batch(videos, rows, cfg, rng, device)
         y = y_all[torch.from_numpy(rows)].to(device)
         videos.prefetch(upcoming(order, s * bs, bs))  # as temporal.train does
@@ -94,7 +97,7 @@ def step_split(videos, lab, cfg: temporal.Config, steps: int) -> np.ndarray:
             logits = model(x, t, m)
         optimizer_step(opt, model, loss_fn("single", logits, y), cfg.lr, cfg.grad_clip)
         sync(device)
-        times.append((t1 - t0, time.perf_counter() - t1))
+        times.append((t1 - t0, time.perf_counter() - t1, time.process_time() - c0))
     return np.array(times[2:])
 
 
@@ -121,8 +124,11 @@ def step_memory_vs_lazy(cache: Path, labels: Path, cfg: temporal.Config, steps: 
         out[kind] = {"data_ms": round(1000 * data, 3), "compute_ms": round(1000 * comp, 2),
                      "step_ms": round(1000 * (data + comp), 2),
                      "data_fraction": round(data / (data + comp), 5),
-                     "data_fraction_of_sums": round(t[:, 0].sum() / t.sum(), 5), **out.get(kind, {})}
+                     "data_fraction_of_sums": round(t[:, 0].sum() / t[:, :2].sum(), 5),
+                     "cpu_ms": round(1000 * np.median(t[:, 2]), 2), **out.get(kind, {})}
     out["lazy_step_over_memory_step"] = round(out["lazy"]["step_ms"] / out["memory"]["step_ms"], 3)
+    # the CPU a lazy step costs beyond an in-memory one (reading, decoding), as a share of its CPU
+    out["lazy_extra_cpu_fraction"] = round(1 - out["memory"]["cpu_ms"] / out["lazy"]["cpu_ms"], 4)
     out.update(steps=steps, rounds=rounds, batch_size=cfg.batch_size, frames=cfg.frames,
                feature_bytes=feature_bytes(reader, lab.ids))
     return out

@@ -89,17 +89,21 @@ class Videos:
 class ChunkStore:
     """Shard chunks read from a cache, least recently used dropped first, under `budget` bytes.
 
-    Features are kept chunk by chunk (the unit a shard stores and reads), timestamps a shard at a
-    time (4 bytes a frame; their chunks are longer). `nbytes` is what it holds now, `peak` the
-    most it ever held (the arrays' bytes): at most the budget, or one chunk when a chunk alone is
-    larger. Thread-safe, so a prefetching thread may fill it while the model runs: one thread
-    reads the cache at a time, and a chunk already held is served while another is being read.
+    Features are kept chunk by chunk (the unit a shard stores and reads) and dropped least
+    recently used first; timestamps a shard at a time, kept (4 bytes a frame; their chunks are
+    longer). `nbytes` is what it holds now, `peak` the most it ever held (the arrays' bytes,
+    timestamps included): at most the budget, or one chunk more when the budget is smaller than
+    the timestamps plus one chunk. Thread-safe, so a prefetching thread may fill it while the
+    model runs: one thread reads the cache at a time, and a chunk already held is served while
+    another is being read.
     """
 
     def __init__(self, cache, budget: int):
         self.cache, self.budget = cache, int(budget)
-        self._chunks: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()  # (shard, chunk or -1)
+        self._chunks: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()  # (shard, chunk)
+        self._times: dict[int, np.ndarray] = {}  # shard -> its timestamps
         self._rows: dict[int, int] = {}
+        self._pinned = self._held_chunks = 0
         self._held = threading.Lock()  # the store's own state
         self._io = threading.Lock()  # the cache reader (its open shards are not thread-safe)
         self.nbytes = self.peak = self.reads = 0
@@ -112,7 +116,17 @@ class ChunkStore:
         if n is None:
             with self._io:
                 n = self._rows[s] = self.cache.chunk_rows(s)
-        times = self._get((s, -1), lambda: self.cache.read_array(s, "timestamps"))  # 4 bytes a row
+        times = self._times.get(s)
+        if times is None:  # 4 bytes a frame (0.3 % of D = 768 float16 features): kept, not dropped
+            with self._io:
+                times = self._times.get(s)
+                if times is None:
+                    times = self.cache.read_array(s, "timestamps")
+                    with self._held:
+                        self._times[s] = times
+                        self.reads += 1
+                        self._pinned += times.nbytes
+                        self._count(0)
         parts = []
         for c in range(a // n, (b - 1) // n + 1):
             lo = c * n
@@ -135,12 +149,18 @@ class ChunkStore:
             got = read()
         with self._held:
             self.reads += 1
-            while self._chunks and self.nbytes + got.nbytes > self.budget:
-                self.nbytes -= self._chunks.popitem(last=False)[1].nbytes
             self._chunks[key] = got
-            self.nbytes += got.nbytes
-            self.peak = max(self.peak, self.nbytes)
+            self._count(got.nbytes)
         return got
+
+    def _count(self, added: int) -> None:
+        """Account for `added` bytes just stored, dropping the least recently used chunks (never the
+        one just added) until the total is within the budget."""
+        self._held_chunks += added
+        while len(self._chunks) > 1 and self._pinned + self._held_chunks > self.budget:
+            self._held_chunks -= self._chunks.popitem(last=False)[1].nbytes
+        self.nbytes = self._pinned + self._held_chunks
+        self.peak = max(self.peak, self.nbytes)
 
     def _hit(self, key: tuple[int, int]) -> np.ndarray | None:
         got = self._chunks.get(key)

@@ -117,3 +117,21 @@ def test_the_cli_takes_a_memory_budget(small_shards, tmp_path):
     proc = run_module("temporal", "train", "--cache", cache, "--labels", labels, "--out", tmp_path / "r2",
                       "--memory-budget", "plenty", env={"OMP_NUM_THREADS": "1"}, check=False)
     assert proc.returncode == 2 and "memory_budget" in proc.stderr
+
+
+def test_a_run_interrupted_in_memory_resumes_lazily_to_the_same_end(small_shards, tmp_path, monkeypatch):
+    """memory_budget is not an option of the run: a resume may read the features another way."""
+    from tests.test_temporal_resume import Killed, interrupt_after, same_weights, untimed
+
+    cache, labels, budget = small_shards
+    opts = dict(TINY, epochs=3, patience=0)
+    whole = temporal.train(cache, labels, tmp_path / "whole", opts, log=lambda *_: None)
+    interrupt_after(monkeypatch, 1)
+    with pytest.raises(Killed):
+        temporal.train(cache, labels, tmp_path / "cut", opts, log=lambda *_: None)
+    monkeypatch.undo()
+    notes: list[str] = []
+    cut = temporal.train(cache, labels, tmp_path / "cut", opts, resume=True, memory_budget=str(budget),
+                         log=lambda m, *_: notes.append(m))
+    assert any("read lazily" in n for n in notes) and any("resuming" in n for n in notes), notes
+    assert same_weights(whole, cut) and untimed(whole) == untimed(cut)
