@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import math
 import os
 import socket
@@ -27,6 +28,8 @@ from extract.decoder import PKG_ROOT
 from extract.discover import Plan, VideoFile
 from extract.engine import provenance
 from extract.sink import ShardSink
+
+log = logging.getLogger(__name__)
 
 
 def lease_ok(root: Path, driver_pid: int, driver_host: str) -> bool:
@@ -161,9 +164,9 @@ def shard_results(plan: Plan) -> Iterator[tuple[int, dict]]:
                                dashboard_address=":0" if bokeh else None, silence_logs=40)
         client = Client(cluster)
         share = cfg.workers
-        print(f"dask: {cfg.workers} local worker(s); "
-              + (f"dashboard at {cluster.dashboard_link}" if bokeh
-                 else "no dashboard (it needs bokeh: pip install bokeh)"), file=sys.stderr, flush=True)
+        log.info("dask: %d local worker(s); %s", cfg.workers,
+                 f"dashboard at {cluster.dashboard_link}" if bokeh
+                 else "no dashboard (it needs bokeh: pip install bokeh)")
     try:
         cfg_dict = cfg.to_dict()
         cfg_dict.update(workers=0, scheduler=None, progress=False)

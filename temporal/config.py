@@ -47,7 +47,7 @@ class Config:
     dropout: float = 0.1
     time_encoding: str = "timestamp"  # timestamp (seconds) | index (frame position) | none
     pool: str = "mean"  # a stream's summary: its CLS token | the mean of its frame tokens | both
-    events: int = 0  # K>0: add an event summary (share, mean position, onsets of K learned prototypes)
+    events: int = 24  # K>0: an event summary (share, mean position, onsets of K learned prototypes); 0: off
     pca_dims: int = 0  # >0: STAN reads the frames' leading principal components (whitened), 0: raw features
     # --- data ---
     task: str = "auto"  # auto | single | multi | regression

@@ -2,6 +2,7 @@
 task sizes, and a driver that checks what workers report (a worker without the cache's file system)."""
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -164,14 +165,15 @@ def _videos(tmp_path, lengths=(20, 30, 12)):
 
 
 @pytest.mark.slow
-def test_few_videos_are_spread_over_the_workers_and_the_dashboard_is_reported(tmp_path, capfd):
+def test_few_videos_are_spread_over_the_workers_and_the_dashboard_is_reported(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="extract")
     videos = _videos(tmp_path)
     out = tmp_path / "cache"
     s = run(tiny(workers=2, videos_per_shard=32), videos, out)
     assert s.ok and s.done == 3, s
     assert len(s.shards) == len(storage.shard_paths(out)) == 2  # 3 videos, 2 workers: 2 + 1, not one task
     assert storage.verify(out).ok
-    err = capfd.readouterr().err
+    err = caplog.text
     try:
         import bokeh  # noqa: F401
 
