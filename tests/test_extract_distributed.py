@@ -22,6 +22,7 @@ from extract.decoder import PKG_ROOT
 from extract.discover import groups_of
 from extract.distributed import by_value, lease_ok, on_worker, shard_task, task_size
 from extract.synth import write_video
+from tests.test_console import clean_console  # noqa: F401 - a fixture
 from tests.testing import REPO, TINY_CLI, assert_same, index_frames, tiny
 
 # Imported first in a subprocess: from then on, nothing of this project can be imported there.
@@ -196,6 +197,7 @@ def _worker_disk(monkeypatch, tmp_path, harm):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("clean_console")  # main() sets up logging: restored after
 def test_a_shard_the_driver_cannot_find_fails_the_run_naming_the_worker_and_the_path(
         tmp_path, monkeypatch, capfd):
     """A worker with its own disk at the cache's path: its shard and index entry are not where the
