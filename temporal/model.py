@@ -189,25 +189,30 @@ class InputProjection(nn.Module):
 
 
 class EventSummary(nn.Module):
-    """What kinds of shot occur when: each frame is softly assigned to K learned prototypes (cosine
-    similarity, a learned temperature), and each prototype gives three numbers: its share of the
-    frames, its mean position (a fraction of the video) and its number of onsets (entries into it),
-    mapped to one [B, dim] vector. Order, position and repetition of short events are then a few
-    numbers apart, where a transformer must find them among a hundred frame tokens; the
-    prototypes start as k-means centres of the unlabelled frames (`fit`) and are fine-tuned."""
+    """What kinds of shot occur, when, how often and in which order. Each frame is softly assigned
+    to K learned prototypes (cosine similarity, a learned temperature); per prototype: its share of
+    the frames, its mean position (a fraction of the video) and its number of onsets (entries into
+    it); per pair of prototypes (j, k): how likely a frame of j comes before a frame of k. These
+    map to one [B, dim] vector. Order, position and repetition of short events are then a few
+    numbers apart, where a transformer must find them among a hundred frame tokens; an order of
+    three events is a sign pattern of three pairwise numbers, linear for the head. The prototypes
+    start as k-means centres of unlabelled frames (`fit`) and are fine-tuned."""
 
     def __init__(self, in_dim: int, k: int, dim: int):
         super().__init__()
         self.protos = nn.Parameter(F.normalize(torch.randn(k, in_dim), dim=-1))
         self.log_scale = nn.Parameter(torch.tensor(math.log(20.0)))  # 1 / temperature
-        self.proj = nn.Sequential(nn.LayerNorm(3 * k), nn.Linear(3 * k, dim))
+        self.pairs = torch.triu_indices(k, k, offset=1)
+        width = 3 * k + self.pairs.shape[1]
+        self.proj = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, dim))
 
     def fit(self, centres: torch.Tensor) -> None:
         with torch.no_grad():
             self.protos[: len(centres)] = centres
 
     def stats(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """[B, 3K]: each prototype's share of the frames, mean position in [0, 1], number of onsets."""
+        """[B, 3K + K(K-1)/2]: each prototype's share of the frames, mean position in [0, 1] and
+        number of onsets; for each pair j < k, the chance that a frame of j precedes one of k."""
         m = mask[..., None].to(x.dtype)
         sim = F.normalize(x, dim=-1) @ F.normalize(self.protos, dim=-1).T
         a = torch.softmax(sim * self.log_scale.exp(), dim=-1) * m  # [B, T, K], padding 0
@@ -215,10 +220,14 @@ class EventSummary(nn.Module):
         first, last = t[:, :1], t.amax(1, keepdim=True)
         r = ((t - first) / (last - first).clamp(min=1e-6))[..., None]  # 0 at the first frame, 1 at the last
         n = a.sum(1)
-        eps = 0.1  # a prototype absent from the video sits in its middle
+        eps = 0.1  # a prototype absent from the video sits in its middle, and precedes with chance 1/2
         where = ((a * r).sum(1) + 0.5 * eps) / (n + eps)
         onsets = F.relu(a - F.pad(a, (0, 0, 1, 0))[:, :-1]).sum(1)
-        return torch.cat([n / m.sum(1).clamp(min=1), where, onsets], dim=-1)
+        later = n[:, None] - a.cumsum(1)  # [B, T, K]: assignment mass strictly after frame i
+        before = torch.einsum("btj,btk->bjk", a, later)  # frames are in time order
+        j, k = self.pairs.to(x.device)
+        before = (before[:, j, k] + 0.5 * eps) / (n[:, j] * n[:, k] + eps)
+        return torch.cat([n / m.sum(1).clamp(min=1), where, onsets, before], dim=-1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.proj(self.stats(x, t, mask))
@@ -235,7 +244,7 @@ class STAN(nn.Module):
         self.spatial = SpatialStream(cfg, in_dim) if use_s else None
         self.temporal = TemporalStream(cfg, in_dim) if use_t else None
         both = use_s and use_t
-        self.fusion = cfg.fusion if both else "single"
+        self.fusion = cfg.fusion if both else "single" if use_s or use_t else "none"
         d = cfg.dim
         self.cross = nn.ModuleList()
         if self.fusion == "cross":
@@ -273,7 +282,7 @@ class STAN(nn.Module):
     def embed_dim(self) -> int:
         """Width of `embed`'s output: both CLS tokens side by side, except for sum and one stream."""
         width = 2 * self.cfg.dim if self.cfg.pool == "both" else self.cfg.dim
-        width = width if self.fusion in ("sum", "single") else 2 * width
+        width = 0 if self.fusion == "none" else width if self.fusion in ("sum", "single") else 2 * width
         return width + (self.cfg.dim if self.events is not None else 0)
 
     def embed(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -287,6 +296,8 @@ class STAN(nn.Module):
         return z
 
     def streams(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.fusion == "none":  # the event summary alone (an ablation)
+            return x.new_zeros(len(x), 0)
         if self.fusion == "single":
             stream = self.spatial if self.spatial is not None else self.temporal
             return self.readout(*stream(x, t, mask))

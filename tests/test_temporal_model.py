@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+import temporal
 from temporal import Config, build_model
 from temporal.data import Clip, eval_batches, sample_frames, view_frames
 
@@ -72,7 +73,7 @@ def test_temporal_stream_sees_order_and_mean_pool_does_not():
 def test_event_summary_says_how_much_where_and_how_often():
     """Frames of three kinds: a (filler, entered 4 times, the first frame too), b at 20-29 %, c
     twice. With the prototypes on the kinds (as k-means finds them) the summary reads share,
-    position and onsets off exactly."""
+    position, onsets and which comes before which off exactly."""
     torch.manual_seed(0)
     kinds = torch.eye(3, 16)
     seq = [0] * 20 + [1] * 10 + [0] * 30 + [2] * 5 + [0] * 20 + [2] * 5 + [0] * 11  # 101 frames
@@ -82,13 +83,26 @@ def test_event_summary_says_how_much_where_and_how_often():
     m.events.fit(kinds)
     with torch.no_grad():
         m.events.log_scale.fill_(np.log(200.0))
-    share, where, onsets = m.events.stats(x, t, torch.ones_like(t, dtype=torch.bool)).view(3, 3)
+    stats = m.events.stats(x, t, torch.ones_like(t, dtype=torch.bool))[0]
+    share, where, onsets = stats[:9].view(3, 3)
+    before = stats[9:]  # pairs (a, b), (a, c), (b, c)
+    torch.testing.assert_close(before, torch.tensor([20 / 81, (5 * 50 + 5 * 70) / (81 * 10), 1.0]),
+                               atol=2e-3, rtol=0)
     torch.testing.assert_close(share, torch.tensor([81, 10, 10]) / 101, atol=1e-3, rtol=0)
     torch.testing.assert_close(where[1], torch.tensor(24.5 / 100), atol=3e-3, rtol=0)
     torch.testing.assert_close(onsets, torch.tensor([4.0, 1.0, 2.0]), atol=1e-2, rtol=0)
     reordered = build_model(Config(events=3, **SMALL), 16, 2).eval()
     reordered.load_state_dict(m.state_dict())
     assert not torch.allclose(m(x, t, t > -1), reordered(x.flip(1), t, t > -1))  # same frames, other order
+
+
+def test_the_event_summary_alone_is_an_ablation_of_the_streams():
+    m = build_model(Config(streams="none", events=4, **SMALL), 16, 3).eval()
+    assert m.spatial is None and m.temporal is None
+    x, t, mask = batch([7, 11])
+    assert m(x, t, mask).shape == (2, 3)
+    with pytest.raises(temporal.ConfigError, match="events > 0"):
+        Config(streams="none", events=0)
 
 
 def test_sampling_covers_the_video_and_views_are_deterministic():
