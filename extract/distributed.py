@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import storage.location
 import storage.lock
 from extract.backbone import device_for, load_backbone
 from extract.batcher import Extractor, set_threads
@@ -62,7 +63,7 @@ def shard_task(cfg_dict: dict, items: list[tuple[str, str]], shard_path: str, dr
         _WORKER.update(key=key, bb=load_backbone(cfg, device_for(cfg, worker_rank())))
     bb = _WORKER["bb"]
     videos = [VideoFile(p, i) for p, i in items]
-    path = Path(shard_path)
+    path = storage.location.as_path(shard_path)
     failures: list[tuple[str, str, str]] = []
 
     def guard(p: Path) -> None:
@@ -137,7 +138,7 @@ def shard_results(plan: Plan) -> Iterator[tuple[int, dict]]:
         for g, (group, shard) in enumerate(zip(plan.groups, plan.shards, strict=True)):
             # plain data only, absolute paths: a worker's working directory is not ours
             kw = {"cfg_dict": cfg_dict, "items": [(os.path.abspath(v.path), v.id) for v in group],
-                  "shard_path": str(shard.absolute()), "driver_pid": pid, "driver_host": host,
+                  "shard_path": str(shard.absolute() if isinstance(shard, Path) else shard), "driver_pid": pid, "driver_host": host,
                   "share": share}
             fut = client.submit(task, PKG_ROOT, kw, key=f"extract-{shard.name}-{uuid.uuid4().hex[:8]}",
                                 pure=False)
