@@ -17,7 +17,8 @@ def parser() -> argparse.ArgumentParser:
         epilog="Exit status: 0 all videos extracted, 1 some videos failed (see CACHE/failures.jsonl), "
                "2 the run could not start (settings, weights, cache). Run again to resume.")
     ap.add_argument("--videos", required=True, help="folder searched recursively for videos")
-    ap.add_argument("--out", required=True, help="cache folder or fsspec URL (s3://..., gs://...; created, or extended/resumed)")
+    ap.add_argument("--out", required=True,
+                    help="cache folder or fsspec URL (s3://..., gs://...); created, or extended/resumed")
     g = ap.add_argument_group("sampling (one of --fps, --every, --num-frames)")
     pol = g.add_mutually_exclusive_group()
     pol.add_argument("--fps", type=float, default=None, help="frames per second (default 1)")

@@ -138,8 +138,8 @@ def shard_results(plan: Plan) -> Iterator[tuple[int, dict]]:
         for g, (group, shard) in enumerate(zip(plan.groups, plan.shards, strict=True)):
             # plain data only, absolute paths: a worker's working directory is not ours
             kw = {"cfg_dict": cfg_dict, "items": [(os.path.abspath(v.path), v.id) for v in group],
-                  "shard_path": str(shard.absolute() if isinstance(shard, Path) else shard), "driver_pid": pid, "driver_host": host,
-                  "share": share}
+                  "shard_path": str(shard.absolute() if isinstance(shard, Path) else shard),  # or a URL
+                  "driver_pid": pid, "driver_host": host, "share": share}
             fut = client.submit(task, PKG_ROOT, kw, key=f"extract-{shard.name}-{uuid.uuid4().hex[:8]}",
                                 pure=False)
             futures[fut] = g
