@@ -87,6 +87,7 @@ class ObjectPath:
         return False
 
     def iterdir(self) -> Iterator[ObjectPath]:
+        self.fs.invalidate_cache(self.path)  # other machines write here too: list afresh
         try:
             names = self.fs.ls(self.path, detail=False)
         except FileNotFoundError:

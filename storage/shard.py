@@ -119,8 +119,11 @@ class ShardWriter:
         self.format = shard_format(self.path)
         self.dim, self.dtype, self.chunk = int(dim), np.dtype(dtype), int(chunk_frames)
         self.fingerprint, self.provenance = fingerprint, {**storage_provenance(), **(provenance or {})}
-        self.tmp = (self.path if is_remote(self.path)  # no rename on an object store: see above
-                    else self.path.with_name(f"{self.path.name}{TMP_MARK}{uuid.uuid4().hex[:12]}"))
+        self.tmp = self.path.with_name(f"{self.path.name}{TMP_MARK}{uuid.uuid4().hex[:12]}")
+        if is_remote(self.path):  # no rename on an object store: written in place (see above)
+            if index.entry_path(self.root, self.path.name).exists():
+                raise FileExistsError(f"{self.path}: a shard of that name is already committed")
+            self.tmp = self.path
         self.ids: list[str] = []
         self.offsets = [0]
         self.sums: list[int] = []

@@ -94,6 +94,24 @@ def test_crash_between_data_and_entry_leaves_an_invisible_shard(url, fmt, monkey
     assert storage.open_cache(url).video_ids == ["done.mp4", "late.mp4"]
 
 
+def test_damaged_shard_on_memory_url_costs_its_videos_and_is_quarantined(url):
+    good = write_shard(url, "zarr", {"a.mp4": 6})[0]
+    write_shard(url, "zarr", {"b.mp4": 6})
+    bad = as_path(url) / "shards" / "part-00001.zarr"
+    chunk = bad / "features" / "c" / "0" / "0"
+    chunk.fs.pipe_file(chunk.path, b"\x00" * len(chunk.read_bytes()))  # damaged in the store
+    cache = storage.open_cache(url)
+    np.testing.assert_array_equal(cache.features("a.mp4"), good["a.mp4"][0])
+    with pytest.raises(storage.CorruptShardError, match=r"part-00001\.zarr.*--repair"):
+        cache.features("b.mp4")
+    rep = storage.verify(url)
+    assert not rep.ok and rep.bad_shards == [bad]
+    with storage.CacheWriter(url, dim=16, dtype="float16", fingerprint=FP):
+        assert storage.quarantine(url, rep.bad_shards) == {"part-00001.zarr": ["b.mp4"]}
+    assert not bad.exists() and (as_path(url) / "quarantine" / "part-00001.zarr" / "zarr.json").exists()
+    assert storage.open_cache(url).video_ids == ["a.mp4"] and storage.verify(url).ok
+
+
 def test_lock_object_refuses_a_second_writer_and_a_dead_holder_is_taken_over(url):
     lock = as_path(url) / storage.cache.LOCK
     with storage.CacheWriter(url, dim=4, dtype="float16", fingerprint=FP):
