@@ -29,6 +29,8 @@ from extract.sink import ShardSink
 
 def lease_ok(root: Path, driver_pid: int, driver_host: str) -> bool:
     """True if the driver that allocated our shard still holds the cache lock (checked before commit)."""
+    if storage.location.is_remote(root):  # the lock object names its holder's host: checkable anywhere
+        return storage.lock.held_by(root, driver_pid, driver_host)
     if driver_host != socket.gethostname():
         return True  # cannot see another host's processes; the driver's lock still guards the cache
     return storage.lock.held_by(root, driver_pid)

@@ -107,11 +107,13 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def held_by(root: str | os.PathLike, pid: int) -> bool:
-    """True if process `pid` (on this host) holds the write lock of the cache at `root` right now."""
+def held_by(root: str | os.PathLike, pid: int, host: str | None = None) -> bool:
+    """True if process `pid` on `host` (default: this one) holds the write lock of the cache at `root`.
+
+    Only a lock object (an object store) names its host; a flock is checked on this host only."""
     root = as_path(root)
     if is_remote(root):
-        return _object_holder(root / LOCK) == (pid, socket.gethostname())
+        return _object_holder(root / LOCK) == (pid, host or socket.gethostname())
     try:
         fd = os.open(Path(root) / LOCK, os.O_RDONLY)
     except OSError:

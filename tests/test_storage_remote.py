@@ -3,6 +3,8 @@
 `memory://` stands in for S3/GCS (no rename of folders, no flock); `file://` must equal a local path.
 """
 
+import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -14,6 +16,7 @@ import pytest
 import storage
 from extract import run
 from extract.backbone import load_backbone
+from extract.distributed import lease_ok
 from storage import index
 from storage.location import ObjectPath, as_path
 from tests.test_storage import FP
@@ -115,13 +118,15 @@ def test_damaged_shard_on_memory_url_costs_its_videos_and_is_quarantined(url):
 def test_lock_object_refuses_a_second_writer_and_a_dead_holder_is_taken_over(url):
     lock = as_path(url) / storage.cache.LOCK
     with storage.CacheWriter(url, dim=4, dtype="float16", fingerprint=FP):
-        assert storage.lock.held_by(url, __import__("os").getpid())
+        me, host = os.getpid(), socket.gethostname()
+        # the dask lease: a worker on any machine can check that its driver still holds the lock
+        assert storage.lock.held_by(url, me) and lease_ok(as_path(url), me, host)
+        assert not lease_ok(as_path(url), me, "another-machine") and not lease_ok(as_path(url), 1, host)
         with pytest.raises(storage.CacheBusy, match=r"pid \d+"):
             storage.CacheWriter(url, dim=4, dtype="float16", fingerprint=FP)
     assert not lock.exists()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True).stdout.strip()
-    host = __import__("socket").gethostname()
     lock.fs.pipe_file(lock.path, f"pid {dead} host {host}".encode())  # left by a killed run here
     storage.CacheWriter(url, dim=4, dtype="float16", fingerprint=FP).close()
     lock.fs.pipe_file(lock.path, b"pid 1 host another-machine")  # cannot be checked from here
