@@ -4,7 +4,9 @@
 uses (`/`, `name`, `parent`, `exists`, `is_dir`, `iterdir`, `read_bytes`, ...) over an fsspec file
 system, so the same code walks both. What differs is in `storage.durable` (local: temporary
 name, fsync, rename; object store: one PUT) and `storage.lock`. `file://` URLs become plain
-local paths: the local protocol (fsync, rename, flock) is the stronger one.
+local paths: the local protocol (fsync, rename, flock) is the stronger one. `local://` (fsspec's
+other name for the local file system) keeps the object-store protocol on a local folder, which
+lets the crash tests kill a writer of that protocol and resume it in another process.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ def as_path(target: str | os.PathLike) -> Path | ObjectPath:
         return Path(rest)
     import fsspec
 
-    fs = fsspec.filesystem(protocol)
-    return ObjectPath(fs, fs._strip_protocol(str(target)).rstrip("/"))
+    options = {"auto_mkdir": True} if protocol == "local" else {}  # objects need no parent folders
+    fs = fsspec.filesystem(protocol, **options)
+    return ObjectPath(fs, fs._strip_protocol(str(target)).rstrip("/"), protocol, options)
 
 
 def is_remote(path: object) -> bool:
@@ -41,11 +44,14 @@ def is_remote(path: object) -> bool:
 class ObjectPath:
     """A path on an fsspec file system, with the subset of the `pathlib.Path` API the cache uses."""
 
-    def __init__(self, fs, path: str):
-        self.fs, self.path = fs, path
+    def __init__(self, fs, path: str, protocol: str, options: dict | None = None):
+        self.fs, self.path, self.protocol, self.options = fs, path, protocol, options or {}
+
+    def _at(self, path: str) -> ObjectPath:
+        return ObjectPath(self.fs, path, self.protocol, self.options)
 
     def __truediv__(self, name: str) -> ObjectPath:
-        return ObjectPath(self.fs, posixpath.join(self.path, name))
+        return self._at(posixpath.join(self.path, name))
 
     @property
     def name(self) -> str:
@@ -53,14 +59,14 @@ class ObjectPath:
 
     @property
     def parent(self) -> ObjectPath:
-        return ObjectPath(self.fs, posixpath.dirname(self.path))
+        return self._at(posixpath.dirname(self.path))
 
     def with_name(self, name: str) -> ObjectPath:
         return self.parent / name
 
     @property
     def url(self) -> str:
-        return self.fs.unstrip_protocol(self.path)
+        return f"{self.protocol}://{self.path}"
 
     def __str__(self) -> str:
         return self.url
@@ -92,7 +98,7 @@ class ObjectPath:
             names = self.fs.ls(self.path, detail=False)
         except FileNotFoundError:
             return iter(())
-        return iter(ObjectPath(self.fs, n.rstrip("/")) for n in names if n.rstrip("/") != self.path)
+        return iter(self._at(n.rstrip("/")) for n in names if n.rstrip("/") != self.path)
 
     def read_bytes(self) -> bytes:
         return self.fs.cat_file(self.path)

@@ -21,7 +21,7 @@ def _store(path, read_only: bool = False):
 
     with warnings.catch_warnings():  # "fs was not created with asynchronous=True" (wrapped for us)
         warnings.simplefilter("ignore", UserWarning)
-        return FsspecStore.from_url(path.url, read_only=read_only)
+        return FsspecStore.from_url(path.url, storage_options=path.options, read_only=read_only)
 
 
 class Writer:
