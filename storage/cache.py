@@ -356,7 +356,9 @@ def lock_cache(root: Path | ObjectPath, wait: bool = False) -> int | ObjectPath:
     try:
         return lock.acquire(root / LOCK, wait)
     except lock.Held as e:
+        stale = (f" (a run killed on another machine leaves its lock object behind: delete {root / LOCK} "
+                 "once that run is known to be dead)" if is_remote(root) else "")
         raise CacheBusy(
             f"{root} is being written by {e}; wait for it to finish "
-            "(it resumes where it stops) or use another --out folder"
+            f"(it resumes where it stops) or use another --out folder{stale}"
         ) from None
