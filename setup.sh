@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 python -m pip install --quiet --disable-pip-version-check "torch==2.14.1" "torchvision==0.29.1"
-python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+python -m pip install --quiet --disable-pip-version-check -e ".[dev,parquet]"

@@ -112,7 +112,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--videos", type=int, default=100_000)
     ap.add_argument("--shards", type=int, default=10_000)
-    ap.add_argument("--frames", type=int, default=8, help="frames per video")
+    ap.add_argument("--frames-per-video", type=int, default=8, help="frames per video")
     ap.add_argument("--dim", type=int, default=32)
     ap.add_argument("--reads", type=int, default=2000)
     ap.add_argument("--formats", default="zarr,hdf5")
@@ -124,12 +124,13 @@ def main() -> None:
         print(json.dumps(measure(Path(args.measure), args.reads)))
         return
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="cache_scale-"))
-    out = {"videos": args.videos, "shards": args.shards, "frames_per_video": args.frames, "dim": args.dim}
+    out = {"videos": args.videos, "shards": args.shards, "frames_per_video": args.frames_per_video,
+           "dim": args.dim}
     try:
         for fmt in args.formats.split(","):
             root = work / fmt
             shutil.rmtree(root, ignore_errors=True)
-            res = build(root, fmt, args.videos, args.shards, args.frames, args.dim, args.jobs)
+            res = build(root, fmt, args.videos, args.shards, args.frames_per_video, args.dim, args.jobs)
             cmd = [sys.executable, __file__, "--measure", str(root), "--reads", str(args.reads)]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
             res.update(json.loads(proc.stdout))

@@ -1,13 +1,18 @@
-"""python -m extract --videos DIR --out CACHE [options]: build or extend a per-frame embedding cache."""
+"""python -m extract --videos DIR|LIST.txt --out CACHE [options]: build or extend a per-frame
+embedding cache."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 
 from extract.config import DEFAULT_MODEL, ExtractConfig, ExtractError
+from storage.console import console_options, setup_console
+
+log = logging.getLogger("extract")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -16,7 +21,9 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m extract", description=__doc__,
         epilog="Exit status: 0 all videos extracted, 1 some videos failed (see CACHE/failures.jsonl), "
                "2 the run could not start (settings, weights, cache). Run again to resume.")
-    ap.add_argument("--videos", required=True, help="folder searched recursively for videos")
+    ap.add_argument("--videos", required=True,
+                    help="a folder searched recursively for videos, or a text file listing video paths "
+                         "(one per line, relative to the file; lines starting with '#' are comments)")
     ap.add_argument("--out", required=True,
                     help="cache folder or fsspec URL (s3://..., gs://...); created, or extended/resumed")
     g = ap.add_argument_group("sampling (one of --fps, --every, --num-frames)")
@@ -26,15 +33,21 @@ def parser() -> argparse.ArgumentParser:
     pol.add_argument("--num-frames", type=int, help="N frames spread uniformly over each video")
     g.add_argument("--max-frames", type=int, help="at most N frames per video (kept uniformly spread)")
     g = ap.add_argument_group("backbone")
-    g.add_argument("--model", default=DEFAULT_MODEL, help=f"any timm model name (default {DEFAULT_MODEL})")
+    g.add_argument("--model", default=DEFAULT_MODEL,
+                   help="a timm model name, with or without a pretrained tag, or hf-hub:ORG/NAME (read "
+                        "from the local Hugging Face cache when HF_HUB_OFFLINE=1 or offline; "
+                        f"default {DEFAULT_MODEL})")
     g.add_argument("--model-kwargs", type=json.loads, default={},
                    help='JSON passed to timm.create_model, e.g. \'{"img_size": 112}\'')
-    g.add_argument("--weights", help="local weights: safetensors or torch state dict (weights_only load)")
+    g.add_argument("--weights",
+                   help="local weights: safetensors or torch state dict (weights_only load), loaded "
+                        "through timm's checkpoint filter for the model where it takes them")
     g.add_argument("--no-pretrained", dest="pretrained", action="store_false",
                    help="random init, seeded by --seed (offline; for tests)")
-    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--seed", type=int, default=d.seed, help="seed of --no-pretrained's random init")
     g = ap.add_argument_group("throughput")
-    g.add_argument("--batch-size", type=int, default=d.batch_size)
+    g.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help=f"frames per backbone call (default {d.batch_size})")
     g.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N (auto: cuda when present)")
     g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=d.precision,
                    help="compute precision (autocast); auto: bf16 or fp16 where the device runs it "
@@ -45,9 +58,12 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--decoders", type=int, default=d.decoders,
                    help="decoder subprocesses per process (0: 1 on the CPU, cores - 1 with a GPU)")
     g = ap.add_argument_group("cache")
-    g.add_argument("--dtype", choices=["float16", "float32"], default=d.dtype)
-    g.add_argument("--format", choices=["zarr", "hdf5"], default=d.format)
-    g.add_argument("--videos-per-shard", type=int, default=d.videos_per_shard)
+    g.add_argument("--dtype", choices=["float16", "float32"], default=d.dtype,
+                   help=f"stored feature type (default {d.dtype})")
+    g.add_argument("--format", choices=["zarr", "hdf5"], default=d.format,
+                   help=f"shard format (default {d.format}); a cache may mix both")
+    g.add_argument("--videos-per-shard", type=int, default=d.videos_per_shard,
+                   help=f"videos in one shard file, the unit of resume (default {d.videos_per_shard})")
     g = ap.add_argument_group("distribution")
     g.add_argument("--workers", type=int, default=d.workers, help="local dask.distributed worker processes")
     g.add_argument("--scheduler", help="address of an existing dask.distributed scheduler")
@@ -59,7 +75,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--repair", action="store_true",
                    help="verify every shard first; move damaged ones to CACHE/quarantine/ and "
                         "extract their videos again")
-    g.add_argument("--no-progress", dest="progress", action="store_false")
+    console_options(ap)
     return ap
 
 
@@ -69,10 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     # busy 2-core machine this alone doubles tf_efficientnet_lite0's rate (see docs/extract.md).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = parser().parse_args(argv)
+    setup_console(args)
     from storage import CacheError, CorruptShardError
 
     opts = vars(args).copy()
     videos, out, repair = opts.pop("videos"), opts.pop("out"), opts.pop("repair")
+    del opts["quiet"], opts["verbose"]
     if opts["fps"] is None and opts["every"] is None and opts["num_frames"] is None:
         opts["fps"] = 1.0
     try:
@@ -85,28 +103,28 @@ def main(argv: list[str] | None = None) -> int:
         if "\n  compute:" in str(e):  # e.g. a cache made in fp32 before `auto` picked bf16/fp16
             hint = ("\n--precision fp32 | bf16 | fp16 picks the compute precision "
                     "(float32 | bfloat16-autocast | float16-autocast)")
-        print(f"error: {e}{hint}", file=sys.stderr)
+        log.error(f"error: {e}{hint}")
         return 2
     except CorruptShardError as e:
-        print(f"error: {e}\nThe cache holds a damaged shard (`python -m storage verify {out}` lists them): "
-              "run the same command with --repair to move damaged shards to quarantine/ and extract "
-              "their videos again.", file=sys.stderr)
+        log.error(f"error: {e}\nThe cache holds a damaged shard (`python -m storage verify {out}` lists "
+                  "them): run the same command with --repair to move damaged shards to quarantine/ and "
+                  "extract their videos again.")
         return 2
     except OSError as e:  # disk full, permissions, ...: committed shards are safe
-        print(f"error: {e}\nThe cache keeps every committed shard: fix the cause and run the same "
-              "command again to resume.", file=sys.stderr)
+        log.error(f"error: {e}\nThe cache keeps every committed shard: fix the cause and run the same "
+                  "command again to resume.")
         return 2
     except KeyboardInterrupt:
-        print("interrupted: run the same command again to resume", file=sys.stderr)
+        log.error("interrupted: run the same command again to resume")
         return 130
     for name, ids in sorted(summary.repaired.items()):
         held = f"{len(ids)} video(s) extracted again" if ids is not None else "index unreadable"
-        print(f"repair: {name} was damaged, moved to {out}/quarantine/ ({held})", file=sys.stderr)
+        log.warning(f"repair: {name} was damaged, moved to {out}/quarantine/ ({held})")
     for vid, notes in sorted(summary.notes.items()):
         for note in notes:
-            print(f"note: {vid}: {note}", file=sys.stderr)
+            log.warning(f"note: {vid}: {note}")
     for vid, reason in sorted(summary.failures.items()):
-        print(f"failed: {vid}: {reason}", file=sys.stderr)
+        log.warning(f"failed: {vid}: {reason}")
     print(summary.line())
     return 0 if summary.ok else 1
 

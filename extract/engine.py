@@ -14,10 +14,10 @@ shard), `batcher` (the model loop), `sink` (results -> shards), `distributed` (t
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import platform
 import socket
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -33,6 +33,9 @@ from extract.config import ExtractConfig
 from extract.decoder import kill_all, spawn_decoder
 from extract.discover import Plan, find_videos, groups_of
 from extract.sink import ShardSink
+from storage.console import progress
+
+log = logging.getLogger(__name__)
 
 Advance = Callable[[int, int], None]  # (videos just finished, frames so far) -> progress shown
 
@@ -125,6 +128,9 @@ def run(config: ExtractConfig, videos_dir: str | os.PathLike, out_dir: str | os.
             committed = cache.committed_ids()
             pending = [v for v in videos if v.id not in committed]
             summary.skipped = len(videos) - len(pending)
+            log.info("extract: %d videos, %d already cached, %d to extract -> %s; %s (%s) on %s, %s",
+                     len(videos), summary.skipped, len(pending), out_dir, bb.name, bb.source, bb.device,
+                     bb.precision)
             groups = groups_of(pending, cfg.videos_per_shard)
             t_work = time.monotonic()
             plan = Plan(cfg, groups, [cache.allocate_shard(cfg.format) for _ in groups])
@@ -145,16 +151,14 @@ def run(config: ExtractConfig, videos_dir: str | os.PathLike, out_dir: str | os.
 @contextlib.contextmanager
 def _progress(total: int, cfg: ExtractConfig) -> Iterator[Advance]:
     """A tqdm bar over videos that also shows the running frame rate."""
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, unit="video", desc="extract", file=sys.stderr, disable=not cfg.progress,
-               dynamic_ncols=True, smoothing=0.1)
+    bar = progress(total=total, unit="video", desc="extract", enabled=cfg.progress, smoothing=0.1)
     t_start = time.monotonic()
 
     def advance(videos: int, frames: int) -> None:
-        bar.update(videos)
         dt = time.monotonic() - t_start
+        # the postfix first: the line `update` prints (if it prints) shows the frames just counted
         bar.set_postfix_str(f"{frames} frames, {frames / dt if dt else 0.0:.1f} frames/s", refresh=False)
+        bar.update(videos)
 
     try:
         yield advance

@@ -194,13 +194,13 @@ class Renderer:
 
 def make_eventbench(out_dir: str | Path, cfg: EventBenchConfig, progress: bool = True) -> dict[str, Path]:
     """Write `videos/g###_v#.mp4` and `labels/{order,count,where,content}.csv` under `out_dir`."""
-    from tqdm import tqdm
+    from storage.console import progress as progress_bar
 
     out_dir = Path(out_dir)
     (out_dir / "videos").mkdir(parents=True, exist_ok=True)
     (out_dir / "labels").mkdir(parents=True, exist_ok=True)
     rows = []
-    for g in tqdm(range(cfg.groups), desc="eventbench", unit="group", disable=not progress):
+    for g in progress_bar(range(cfg.groups), desc="eventbench", unit="group", enabled=progress):
         render = Renderer(cfg)
         for v, (shots, labels) in enumerate(plan_group(g, cfg)):
             vid = f"g{g:03d}_v{v}.mp4"

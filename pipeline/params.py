@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from storage.console import console_options, setup_console
 from storage.settings import check_keys
 
 T = TypeVar("T")
@@ -33,7 +34,24 @@ def section(params: dict[str, Any], name: str, cls: type[T]) -> T:
 
 
 def stage_parser(stage: str, doc: str | None) -> argparse.ArgumentParser:
-    """The command line of a stage script, with `--params` (default params.yaml)."""
-    ap = argparse.ArgumentParser(prog=f"python -m pipeline.stages.{stage}", description=doc)
-    ap.add_argument("--params", type=Path, default=Path("params.yaml"), help="default: params.yaml")
+    """The command line of a stage script, with `--params` (default params.yaml) and the console
+    options (-q, -v, --no-progress); read it with `parse`."""
+    ap = argparse.ArgumentParser(prog=f"python -m pipeline.stages.{stage}", description=doc,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"),
+                    help="the parameters file (default: params.yaml)")
+    console_options(ap)
     return ap
+
+
+def training_inputs(ap: argparse.ArgumentParser) -> None:
+    """--cache and --labels, the inputs of every stage that trains."""
+    ap.add_argument("--cache", required=True, help="feature cache folder")
+    ap.add_argument("--labels", required=True, help="labels CSV (video_id,label,split)")
+
+
+def parse(ap: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """The stage's arguments, with logging and progress set up from them."""
+    args = ap.parse_args(argv)
+    setup_console(args)
+    return args

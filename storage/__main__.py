@@ -1,4 +1,5 @@
-"""python -m storage info|verify CACHE: what a feature cache holds; whether it is intact."""
+"""python -m storage info|verify|export CACHE: what a feature cache holds; whether it is intact;
+its features as one .npy per video or a Parquet table."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import sys
 from pathlib import Path
 
 from storage.cache import open_cache, read_failures
+from storage.console import console_options, setup_console
 from storage.errors import CacheError
+from storage.export import FORMATS, export
 from storage.location import as_path
 from storage.verify import rebuild_index, verify
 
@@ -68,10 +71,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="skip the per-video checksums")
     p.add_argument("--rebuild-index", action="store_true",
                    help="index every good shard again (and cache.json if lost); move bad ones to quarantine/")
+    p = sub.add_parser("export", help="features as OUT/<id>.npy + OUT/<id>_timestamps.npy, or one "
+                                      "Parquet table (a row per frame)",
+                       description="npy: OUT/<id>.npy [frames, dim] in the cache's dtype and "
+                                   "OUT/<id>_timestamps.npy [frames] in seconds, ids' folders kept. "
+                                   "parquet: OUT is one file with columns video_id, frame, timestamp, "
+                                   "f0 ... f{dim-1} (float32).")
+    p.add_argument("cache", type=Path, help="cache folder")
+    p.add_argument("--to", choices=FORMATS, required=True, help="output layout")
+    p.add_argument("out", type=Path, help="npy: a folder; parquet: the .parquet file")
+    for p in sub.choices.values():
+        console_options(p)
     args = ap.parse_args(argv)
+    setup_console(args)
     try:
         if args.cmd == "info":
             return info(args.cache, args.json)
+        if args.cmd == "export":
+            n = export(args.cache, args.to, args.out)
+            print(f"{args.cache}: {n} videos exported as {args.to} -> {args.out}")
+            return 0
         if args.rebuild_index:
             rep = rebuild_index(args.cache)
         else:

@@ -6,8 +6,9 @@
   predict   --run runs/x --videos DIR | --cache C [--out predictions.csv]   unlabelled videos
   baseline  --cache C --labels L.csv --out runs/probe [same options as train]
 
-Every field of temporal.Config is an option (--clip-len or --clip_len); a --config file
+Every field of temporal.Config is an option (clip_len: --clip-len); a --config file
 (YAML/JSON, flat or under `temporal:`) sets them too, and flags override the file.
+`python -m temporal COMMAND --help` lists the options of one command.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from dataclasses import fields
 from pathlib import Path
 
 import storage
+from storage.console import console_options, say, setup_console
 from storage.settings import field_types
+from temporal.baseline import BASELINE_OPTIONS
 from temporal.config import CHOICES, Config, ConfigError, as_config, load_config_file
 from temporal.labels import LabelError
 from temporal.train import EVAL_OVERRIDES, RunError
@@ -26,17 +29,18 @@ from temporal.train import EVAL_OVERRIDES, RunError
 _METAVAR = {int: "N", float: "X", str: "NAME"}
 
 
-def _add_config_options(p: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
+def _add_config_options(p: argparse.ArgumentParser, only: tuple[str, ...] | None = None,
+                        as_trained: bool = False) -> None:
+    """One option per temporal.Config field (`only`: these fields); `as_trained`: their default is
+    the saved run's value."""
     g = p.add_argument_group("model and training options (temporal.Config)")
     defaults = Config()
     types = field_types(Config)
     for f in fields(Config):
         if only is not None and f.name not in only:
             continue
-        flags = [f"--{f.name.replace('_', '-')}"] + ([f"--{f.name}"] if "_" in f.name else [])
-        if f.name == "clip_len":
-            flags.append("-k")
-        shown = f"default {getattr(defaults, f.name)!r}" if only is None else "default: as trained"
+        flags = [f"--{f.name.replace('_', '-')}"]
+        shown = "default: as trained" if as_trained else f"default {getattr(defaults, f.name)!r}"
         kw: dict = {"dest": f.name, "default": None, "help": shown}
         kind = types[f.name][0]
         if kind is bool:
@@ -61,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("train", help="train STAN (or the mean-pool MLP) from the cache")
-    p.add_argument("--cache", type=Path, required=True)
+    p.add_argument("--cache", type=Path, required=True, help="feature cache folder")
     p.add_argument("--labels", type=Path, required=True, help="CSV video_id,label,split")
     p.add_argument("--out", type=Path, required=True, help="run directory to write")
     p.add_argument("--config", type=Path, help="YAML/JSON of options (flat or under `temporal:`)")
@@ -71,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_config_options(p)
 
     p = sub.add_parser("pretrain", help="self-supervised pre-training on the unlabelled cache")
-    p.add_argument("--cache", type=Path, required=True)
+    p.add_argument("--cache", type=Path, required=True, help="feature cache folder")
     p.add_argument("--out", type=Path, required=True, help="run directory to write (train --init reads it)")
     p.add_argument("--holdout", type=Path, metavar="LABELS.csv",
                    help="leave out the videos of this labels file's test split (labels are not read)")
@@ -80,20 +84,21 @@ def main(argv: list[str] | None = None) -> int:
     _add_config_options(p)
 
     p = sub.add_parser("evaluate", help="metrics + per-video predictions of a saved run")
-    p.add_argument("--run", type=Path, required=True)
-    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--run", type=Path, required=True, help="a trained run folder")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"),
+                   help="split to evaluate (default: test)")
     p.add_argument("--metrics", type=Path, help="metrics JSON (default RUN/metrics_SPLIT.json)")
     p.add_argument("--predictions", type=Path, help="predictions CSV (default RUN/predictions_SPLIT.csv)")
     p.add_argument("--cache", type=Path, help="default: the cache the run was trained on")
     p.add_argument("--labels", type=Path, help="default: the labels the run was trained on")
-    _add_config_options(p, only=EVAL_OVERRIDES)
+    _add_config_options(p, only=EVAL_OVERRIDES, as_trained=True)
 
     p = sub.add_parser("predict", help="predictions of a saved run on unlabelled videos",
                        description="Write a CSV of video_id, predicted label(s) (or value, for "
                        "regression) and one probability column per class. --videos extracts the "
                        "folder's videos first, with the backbone, weights and sampling the run's "
                        "cache was made with (videos already in --cache-out are reused).")
-    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--run", type=Path, required=True, help="a trained run folder")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--videos", type=Path, metavar="DIR", help="folder searched recursively for videos")
     src.add_argument("--cache", type=Path, help="an existing cache made like the run's")
@@ -103,37 +108,45 @@ def main(argv: list[str] | None = None) -> int:
                    help="backbone weights file, if the one recorded at extraction has moved")
     p.add_argument("--out", type=Path, default=Path("predictions.csv"),
                    help="predictions CSV (default predictions.csv)")
-    _add_config_options(p, only=EVAL_OVERRIDES)
+    _add_config_options(p, only=EVAL_OVERRIDES, as_trained=True)
 
-    p = sub.add_parser("baseline", help="mean-pool + scikit-learn linear model, and a mean-pool MLP")
-    p.add_argument("--cache", type=Path, required=True)
-    p.add_argument("--labels", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--config", type=Path)
+    p = sub.add_parser("baseline", help="mean-pool + scikit-learn linear model, and a mean-pool MLP",
+                       description="The reference figures beside STAN: each video's features averaged, "
+                                   "then a linear model (and a small MLP); lists only the options they read.")
+    p.add_argument("--cache", type=Path, required=True, help="feature cache folder")
+    p.add_argument("--labels", type=Path, required=True, help="CSV video_id,label,split")
+    p.add_argument("--out", type=Path, required=True, help="folder for metrics.json, predictions and OUT/mlp")
+    p.add_argument("--config", type=Path, help="YAML/JSON of options (flat or under `temporal:`)")
     p.add_argument("--mlp", action=argparse.BooleanOptionalAction, default=True,
                    help="also train the mean-pool MLP into OUT/mlp (default: yes)")
-    _add_config_options(p)
+    _add_config_options(p, only=BASELINE_OPTIONS)
 
+    for p in sub.choices.values():
+        console_options(p)
     args = ap.parse_args(argv)
+    setup_console(args)
     try:
         if args.cmd == "evaluate":
             ov = {k: v for k, v in _overrides(args).items() if k in EVAL_OVERRIDES}
             from temporal.train import evaluate
 
-            evaluate(args.run, args.split, args.metrics, args.predictions, args.cache, args.labels, **ov)
+            evaluate(args.run, args.split, args.metrics, args.predictions, args.cache, args.labels, log=say,
+                     **ov)
             return 0
         if args.cmd == "predict":
             ov = {k: v for k, v in _overrides(args).items() if k in EVAL_OVERRIDES}
             from temporal.predict import predict_videos
 
-            predict_videos(args.run, args.videos, args.cache, args.out, args.cache_out, args.weights, **ov)
+            predict_videos(args.run, args.videos, args.cache, args.out, args.cache_out, args.weights,
+                           log=say, **ov)
             return 0
         base = load_config_file(args.config) if args.config else {}
         cfg = as_config(base, **_overrides(args))
         if args.cmd == "train":
             from temporal.train import train
 
-            train(args.cache, args.labels, args.out, cfg, resume=args.resume, overwrite=args.overwrite)
+            train(args.cache, args.labels, args.out, cfg, resume=args.resume, overwrite=args.overwrite,
+                  log=say)
         elif args.cmd == "pretrain":
             from temporal.labels import read_labels
             from temporal.pretrain import pretrain
@@ -142,11 +155,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.holdout:
                 lab = read_labels(args.holdout)
                 held = {lab.ids[i] for i in lab.rows("test")}
-            pretrain(args.cache, args.out, cfg, exclude=held, targets=args.targets)
+            pretrain(args.cache, args.out, cfg, exclude=held, targets=args.targets, log=say)
         else:
             from temporal.baseline import baseline
 
-            baseline(args.cache, args.labels, args.out, cfg, mlp=args.mlp)
+            baseline(args.cache, args.labels, args.out, cfg, mlp=args.mlp, log=say)
     except (ConfigError, LabelError, RunError, storage.CacheError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

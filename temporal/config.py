@@ -21,7 +21,7 @@ from storage.settings import check_keys, field_types
 
 CHOICES = {
     "model": ("stan", "meanpool"),
-    "streams": ("both", "spatial", "temporal"),
+    "streams": ("both", "spatial", "temporal", "none"),
     "fusion": ("cross", "concat", "sum", "late"),
     "time_encoding": ("timestamp", "index", "none"),
     "pool": ("cls", "mean", "both"),
@@ -35,7 +35,7 @@ CHOICES = {
 class Config:
     # --- model ---
     model: str = "stan"  # stan | meanpool (mean-pooled features -> MLP, trained by the same loop)
-    streams: str = "both"  # both | spatial | temporal
+    streams: str = "both"  # both | spatial | temporal | none (the event summary alone)
     fusion: str = "cross"  # cross | concat | sum | late (used when streams == both)
     dim: int = 128  # d, the width of both streams
     heads: int = 4
@@ -47,7 +47,7 @@ class Config:
     dropout: float = 0.1
     time_encoding: str = "timestamp"  # timestamp (seconds) | index (frame position) | none
     pool: str = "mean"  # a stream's summary: its CLS token | the mean of its frame tokens | both
-    events: int = 0  # K>0: add an event summary (share, mean position, onsets of K learned prototypes)
+    events: int = 24  # K>0: an event summary (share, mean position, onsets of K learned prototypes); 0: off
     pca_dims: int = 0  # >0: STAN reads the frames' leading principal components (whitened), 0: raw features
     # --- data ---
     task: str = "auto"  # auto | single | multi | regression
@@ -97,6 +97,8 @@ class Config:
                 raise ConfigError(f"temporal option {name} must be >= 0, got {getattr(self, name)}")
         if not is_device_name(self.device):
             raise ConfigError(f"temporal option device={self.device!r}: choose auto, cpu, cuda or cuda:N")
+        if self.streams == "none" and not self.events:
+            raise ConfigError("streams=none leaves the head nothing to read: set events > 0")
         if self.dim % self.heads:
             raise ConfigError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
         if not 0.0 <= self.aug_drop < 1.0 or self.aug_noise < 0:

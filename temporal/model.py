@@ -235,7 +235,7 @@ class STAN(nn.Module):
         self.spatial = SpatialStream(cfg, in_dim) if use_s else None
         self.temporal = TemporalStream(cfg, in_dim) if use_t else None
         both = use_s and use_t
-        self.fusion = cfg.fusion if both else "single"
+        self.fusion = cfg.fusion if both else "single" if use_s or use_t else "none"
         d = cfg.dim
         self.cross = nn.ModuleList()
         if self.fusion == "cross":
@@ -273,7 +273,7 @@ class STAN(nn.Module):
     def embed_dim(self) -> int:
         """Width of `embed`'s output: both CLS tokens side by side, except for sum and one stream."""
         width = 2 * self.cfg.dim if self.cfg.pool == "both" else self.cfg.dim
-        width = width if self.fusion in ("sum", "single") else 2 * width
+        width = 0 if self.fusion == "none" else width if self.fusion in ("sum", "single") else 2 * width
         return width + (self.cfg.dim if self.events is not None else 0)
 
     def embed(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -287,6 +287,8 @@ class STAN(nn.Module):
         return z
 
     def streams(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.fusion == "none":  # the event summary alone (an ablation)
+            return x.new_zeros(len(x), 0)
         if self.fusion == "single":
             stream = self.spatial if self.spatial is not None else self.temporal
             return self.readout(*stream(x, t, mask))

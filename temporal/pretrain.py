@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm import tqdm
 
 import storage
+from storage.console import progress
 from storage.device import pick_device
 from storage.files import write_json
 from temporal.config import Config, ConfigError, as_config
@@ -100,7 +100,7 @@ def pretrain(cache_dir: str | os.PathLike, out_dir: str | os.PathLike, config: C
         f"{proj_t.shape[1]} target dims, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params "
         f"on {device}")
     history, step, t0 = [], 0, time.time()
-    bar = tqdm(range(1, cfg.epochs + 1), desc="pretrain", unit="ep", dynamic_ncols=True)
+    bar = progress(range(1, cfg.epochs + 1), desc="pretrain", unit="ep")
     for epoch in bar:
         params.train()
         loss_sum, seen = 0.0, 0

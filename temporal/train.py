@@ -28,9 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from tqdm import tqdm
 
 import storage
+from storage.console import progress
 from storage.device import pick_device
 from storage.durable import TMP_MARK
 from storage.files import write_json
@@ -398,7 +398,7 @@ def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: 
         log(f"resuming {out} after epoch {done}/{cfg.epochs}")
     t0 = time.time() - seconds
     epochs = range(done + 1, 1 if stopped_early else cfg.epochs + 1)
-    bar = tqdm(epochs, desc="epochs", unit="ep", dynamic_ncols=True, initial=done, total=cfg.epochs)
+    bar = progress(epochs, desc="epochs", unit="ep", initial=done, total=cfg.epochs)
     for epoch in bar:
         model.train()
         perm = rng.permutation(data.train)

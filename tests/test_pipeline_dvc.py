@@ -69,11 +69,12 @@ def test_stage_params_follow_the_config_classes():
     from extract import ExtractConfig
     from pipeline.stages import baseline, efficiency, extract
     from temporal import Config
+    from temporal.baseline import STAN_ONLY
 
     temporal = [f"temporal.{f.name}" for f in fields(Config)]
     assert set(extract.PARAMS) | {f"extract.{n}" for n in extract.NOT_FEATURES} == \
         {f"extract.{f.name}" for f in fields(ExtractConfig)}
-    assert set(baseline.PARAMS) | {f"temporal.{n}" for n in baseline.STAN_ONLY} == set(temporal)
+    assert set(baseline.PARAMS) | {f"temporal.{n}" for n in STAN_ONLY} == set(temporal)
     assert set(efficiency.PARAMS) == set(temporal) - {"temporal.train_fraction"} | {"efficiency"}
 
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+import temporal
 from temporal import Config, build_model
 from temporal.data import Clip, eval_batches, sample_frames, view_frames
 
@@ -89,6 +90,15 @@ def test_event_summary_says_how_much_where_and_how_often():
     reordered = build_model(Config(events=3, **SMALL), 16, 2).eval()
     reordered.load_state_dict(m.state_dict())
     assert not torch.allclose(m(x, t, t > -1), reordered(x.flip(1), t, t > -1))  # same frames, other order
+
+
+def test_the_event_summary_alone_is_an_ablation_of_the_streams():
+    m = build_model(Config(streams="none", events=4, **SMALL), 16, 3).eval()
+    assert m.spatial is None and m.temporal is None
+    x, t, mask = batch([7, 11])
+    assert m(x, t, mask).shape == (2, 3)
+    with pytest.raises(temporal.ConfigError, match="events > 0"):
+        Config(streams="none", events=0)
 
 
 def test_sampling_covers_the_video_and_views_are_deterministic():

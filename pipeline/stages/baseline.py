@@ -6,28 +6,26 @@ fusion, streams, depth ... does not re-run them.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 
 import temporal
-from pipeline.params import load_params, stage_parser
+from pipeline.params import load_params, parse, stage_parser, training_inputs
 from storage.files import write_json
+from temporal.baseline import BASELINE_OPTIONS
 
-# STAN's own switches: the mean-pool baselines never read them (the MLP takes `dim` and `dropout`)
-STAN_ONLY = ("model", "streams", "fusion", "heads", "depth_spatial", "depth_temporal", "depth_fusion",
-             "clip_len", "mlp_ratio", "time_encoding", "pool", "pca_dims", "events", "init")
-PARAMS = [f"temporal.{f.name}" for f in dataclasses.fields(temporal.Config) if f.name not in STAN_ONLY]
+PARAMS = [f"temporal.{name}" for name in BASELINE_OPTIONS]
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = stage_parser("baseline", __doc__)
-    ap.add_argument("--cache", required=True)
-    ap.add_argument("--labels", required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--metrics", type=Path, required=True)
-    ap.add_argument("--split", default="test")
-    a = ap.parse_args(argv)
+    training_inputs(ap)
+    ap.add_argument("--out", required=True, help="run folder of the baselines")
+    ap.add_argument("--metrics", type=Path, required=True,
+                    help="metrics JSON to write (the evaluation split's figures)")
+    ap.add_argument("--split", default="test",
+                    help="split the metrics file reports (default: test)")
+    a = parse(ap, argv)
     cfg = temporal.Config.from_dict(load_params(a.params).get("temporal") or {})
     result = temporal.baseline(a.cache, a.labels, a.out, cfg)
     # the metrics file DVC compares: each baseline's figures on the evaluation split

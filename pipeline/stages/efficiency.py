@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import temporal
-from pipeline.params import load_params, stage_parser
+from pipeline.params import load_params, parse, stage_parser, training_inputs
 
 PARAMS = [f"temporal.{f.name}" for f in dataclasses.fields(temporal.Config) if f.name != "train_fraction"]
 PARAMS.append("efficiency")
@@ -18,12 +18,14 @@ PARAMS.append("efficiency")
 
 def main(argv: list[str] | None = None) -> int:
     ap = stage_parser("efficiency", __doc__)
-    ap.add_argument("--cache", required=True)
-    ap.add_argument("--labels", required=True)
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--plot", type=Path, required=True)
-    ap.add_argument("--split", default="test")
-    a = ap.parse_args(argv)
+    training_inputs(ap)
+    ap.add_argument("--out", type=Path, required=True,
+                    help="folder of the runs, one per fraction and model")
+    ap.add_argument("--plot", type=Path, required=True,
+                    help="CSV to write: one row per train fraction")
+    ap.add_argument("--split", default="test",
+                    help="split the rows report (default: test)")
+    a = parse(ap, argv)
     params = load_params(a.params)
     cfg = temporal.Config.from_dict(params.get("temporal") or {})
     fractions = sorted(float(f) for f in (params.get("efficiency") or {}).get("train_fractions", [1.0]))

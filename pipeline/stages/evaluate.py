@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import temporal
-from pipeline.params import stage_parser
+from pipeline.params import parse, stage_parser
 from storage.files import write_json
 
 PARAMS: list[str] = []
@@ -18,11 +18,15 @@ PARAMS: list[str] = []
 
 def main(argv: list[str] | None = None) -> int:
     ap = stage_parser("evaluate", __doc__)
-    ap.add_argument("--run", type=Path, required=True)
-    ap.add_argument("--split", default="test")
-    ap.add_argument("--metrics", type=Path, required=True)
-    ap.add_argument("--predictions", type=Path, required=True)
-    a = ap.parse_args(argv)
+    ap.add_argument("--run", type=Path, required=True,
+                    help="a trained run folder")
+    ap.add_argument("--split", default="test",
+                    help="split to evaluate (default: test)")
+    ap.add_argument("--metrics", type=Path, required=True,
+                    help="metrics JSON to write")
+    ap.add_argument("--predictions", type=Path, required=True,
+                    help="per-video predictions CSV to write")
+    a = parse(ap, argv)
     result = temporal.evaluate(a.run, a.split, metrics_path=a.metrics, predictions_path=a.predictions)
     summary = json.loads((a.run / "summary.json").read_text())
     result = {**result, "best_epoch": summary["best_epoch"], "train_seconds": summary["train_seconds"]}

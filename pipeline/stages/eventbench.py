@@ -6,15 +6,16 @@ from __future__ import annotations
 import sys
 
 from pipeline.eventbench import TASKS, EventBenchConfig, make_eventbench, split_of
-from pipeline.params import load_params, section, stage_parser
+from pipeline.params import load_params, parse, section, stage_parser
 
 PARAMS = ["eventbench"]
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = stage_parser("eventbench", __doc__)
-    ap.add_argument("--out", required=True)
-    a = ap.parse_args(argv)
+    ap.add_argument("--out", required=True,
+                    help="folder for videos/ and labels/")
+    a = parse(ap, argv)
     cfg = section(load_params(a.params), "eventbench", EventBenchConfig)
     make_eventbench(a.out, cfg)
     splits = [split_of(g) for g in range(cfg.groups)]

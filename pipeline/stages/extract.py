@@ -13,7 +13,7 @@ import sys
 
 import extract
 import storage
-from pipeline.params import load_params, stage_parser
+from pipeline.params import load_params, parse, stage_parser
 
 # settings that cannot change the features: changing one must not re-run the stage
 NOT_FEATURES = ("batch_size", "compile", "threads", "decoders", "videos_per_shard", "workers", "scheduler",
@@ -24,9 +24,11 @@ PARAMS = [f"extract.{f.name}" for f in dataclasses.fields(extract.ExtractConfig)
 
 def main(argv: list[str] | None = None) -> int:
     ap = stage_parser("extract", __doc__)
-    ap.add_argument("--videos", required=True)
-    ap.add_argument("--out", required=True)
-    a = ap.parse_args(argv)
+    ap.add_argument("--videos", required=True,
+                    help="folder of videos (or a text file listing them)")
+    ap.add_argument("--out", required=True,
+                    help="cache folder (created, resumed, or rebuilt when its settings differ)")
+    a = parse(ap, argv)
     cfg = extract.ExtractConfig.from_dict(load_params(a.params).get("extract") or {})
     try:
         summary = extract.run(cfg, a.videos, a.out)
