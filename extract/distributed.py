@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import storage.location
 import storage.lock
 from extract.backbone import device_for, load_backbone
 from extract.batcher import Extractor, set_threads
@@ -42,7 +43,10 @@ def unshared(root: Path) -> str | None:
 
     The driver made all three before submitting any task, so a worker that misses one is looking
     at another file system than the driver's."""
-    for p in (root / "cache.json", root / storage.lock.LOCK, root / "shards"):
+    # an object store has no empty folders: there cache.json and the lock object must be seen
+    names = ("cache.json", storage.lock.LOCK) if storage.location.is_remote(root) else (
+        "cache.json", storage.lock.LOCK, "shards")
+    for p in (root / n for n in names):
         if not p.exists():
             return f"{p} does not exist on host {socket.gethostname()}"
     return None
@@ -85,7 +89,7 @@ def shard_task(cfg_dict: dict, items: list[tuple[str, str]], shard_path: str, dr
     driver records the failures (it holds the cache lock). A worker that does not see the cache
     returns {"unshared": why, "host": ...} without extracting anything.
     """
-    path = Path(shard_path)
+    path = storage.location.as_path(shard_path)
     host = socket.gethostname()
     why = unshared(path.parent.parent)
     if why is not None:
@@ -176,8 +180,8 @@ def shard_results(plan: Plan) -> Iterator[tuple[int, dict]]:
         for g, (group, shard) in enumerate(zip(plan.groups, plan.shards, strict=True)):
             # plain data only, absolute paths: a worker's working directory is not ours
             kw = {"cfg_dict": cfg_dict, "items": [(os.path.abspath(v.path), v.id) for v in group],
-                  "shard_path": str(shard.absolute()), "driver_pid": pid, "driver_host": host,
-                  "share": share}
+                  "shard_path": str(shard.absolute() if isinstance(shard, Path) else shard),  # or a URL
+                  "driver_pid": pid, "driver_host": host, "share": share}
             fut = client.submit(task, PKG_ROOT, kw, key=f"extract-{shard.name}-{uuid.uuid4().hex[:8]}",
                                 pure=False)
             futures[fut] = g

@@ -72,7 +72,7 @@ class Summary:
     def line(self) -> str:
         fail = "0 failed"
         if self.failed:
-            fail = f"{self.failed} failed (see {Path(self.cache) / 'failures.jsonl'})"
+            fail = f"{self.failed} failed (see {self.cache.rstrip('/')}/failures.jsonl)"
         compiled = f", compiled in {self.compile_seconds:.1f} s" if self.compile_seconds else ""
         return (f"extract: {self.videos} videos: {self.done} done, {self.skipped} skipped (already cached), "
                 f"{fail}; {self.frames} frames in {self.seconds:.1f} s "

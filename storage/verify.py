@@ -16,6 +16,7 @@ from storage import durable, index, lock
 from storage.cache import _listdir, lock_cache
 from storage.errors import CacheError, CorruptShardError
 from storage.info import CACHE_JSON, CACHE_VERSION, fingerprint_diff, read_cache_json, write_cache_json
+from storage.location import as_path
 from storage.shard import SHARD_NAME, TMP_MARK, Shard, shard_number
 
 QUARANTINE = "quarantine"
@@ -88,7 +89,7 @@ def verify_shard(path: str | os.PathLike, checksums: bool = True) -> None:
 
 def verify(root: str | os.PathLike, checksums: bool = True) -> Report:
     """Check a cache thoroughly; never raises for damage, reports it."""
-    root = Path(root)
+    root = as_path(root)
     rep = Report()
     try:
         info = read_cache_json(root)
@@ -146,7 +147,7 @@ def quarantine(root: str | os.PathLike, shards: list[Path]) -> dict[str, list[st
     The index entry goes first, so from then on its videos are not in the cache and a resumed
     extraction re-extracts exactly them. The caller must hold the cache's write lock.
     """
-    root = Path(root)
+    root = as_path(root)
     qdir = root / QUARANTINE
     qdir.mkdir(exist_ok=True)
     held: dict[str, list[str] | None] = {}
@@ -161,7 +162,7 @@ def quarantine(root: str | os.PathLike, shards: list[Path]) -> dict[str, list[st
         dest, n = qdir / path.name, 1
         while dest.exists() or dest.is_symlink():
             dest, n = qdir / f"{path.name}.{n}", n + 1
-        os.replace(path, dest)
+        durable.move(path, dest)
     if shards:
         durable.fsync_file(root / "shards")
     return held
@@ -169,7 +170,7 @@ def quarantine(root: str | os.PathLike, shards: list[Path]) -> dict[str, list[st
 
 def rebuild_index(root: str | os.PathLike) -> Report:
     """Index every good shard again (and cache.json if lost); move the others to quarantine/."""
-    root = Path(root)
+    root = as_path(root)
     if not (root / "shards").is_dir():
         raise CacheError(f"{root}: not a feature cache (no shards/ folder)")
     fd = lock_cache(root)
@@ -235,7 +236,7 @@ def _rebuild(root: Path) -> Report:
             same = False
         if not same:
             index.write_entry(root, entry)
-    (root / index.INDEX_DIR).mkdir(exist_ok=True)
+    index.make(root)
     index.write_pack(root, entries)
     if info is not None and (info.get("format_version") != CACHE_VERSION or not (root / CACHE_JSON).exists()):
         info["format_version"] = CACHE_VERSION

@@ -87,7 +87,8 @@ def test_uncommitted_shard_is_invisible_and_cleaned(tmp_path, monkeypatch):
     assert any("no index entry" in n for n in rep.notes)
     with storage.CacheWriter(tmp_path, dim=16, dtype="float16", fingerprint=FP) as w:
         assert w.committed_ids() == {"done.mp4"}
-        assert w.allocate_shard().name == "part-00001.zarr"
+        # never a name seen before (00001 temporary, 00002 uncommitted): a straggler cannot write into it
+        assert w.allocate_shard().name == "part-00003.zarr"
     assert not [p for p in (tmp_path / "shards").iterdir() if ".tmp-" in p.name]
     assert not late.path.exists()
 
