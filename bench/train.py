@@ -4,7 +4,14 @@
     python bench/train.py --threads 2 --videos 128
 
   step     one training step split into data (sample frames, gather, pad, move to the device)
-           and compute (forward, backward, AdamW), over --steps steps; data_fraction = data / step
+           and compute (forward, backward, AdamW), over --steps steps; data_fraction = data / step.
+           Twice, side by side on a cache of --step-videos videos: `memory` (its features held in
+           memory) and `lazy` (read from the shards through temporal.data.LazyVideos within a budget
+           of a quarter of them: the cache is 4x the budget, and the budget still holds a few
+           batches' chunks, as a real one of GBs does), same seed, same batches, alternated in 3
+           rounds; medians over the steps, and data_fraction_of_sums (sum data / sum step);
+           cpu_ms: the process's CPU time per step, all threads (the prefetching thread's reads
+           included): lazy_extra_cpu_fraction is the share of a lazy step's CPU spent reading
   epoch    one epoch of `temporal.train` from a cache (its cache loading, the epoch and the checkpoint
            included) against extracting the same videos. The extraction side is a LOWER BOUND: only
            the timm backbone forward (--backbone, random init, same batch size and threads) over the
@@ -40,7 +47,7 @@ import torch
 import storage
 import temporal
 from storage.device import pick_device
-from temporal.data import Videos
+from temporal.data import LazyVideos, Videos, feature_bytes, upcoming
 from temporal.synth import write_cache, write_labels
 from temporal.train import autocast, loss_fn, optimizer_step, param_groups, train_batch
 
@@ -64,35 +71,67 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def step_split(cache: Path, labels: Path, cfg: temporal.Config, steps: int) -> dict:
-    """Mean data and compute time of a training step, as `temporal.train` runs it."""
+def step_split(videos, lab, cfg: temporal.Config, steps: int) -> np.ndarray:
+    """[steps, 3] seconds of data (sample, gather, pad, to the device) and compute (forward,
+    backward, AdamW) of each training step, as `temporal.train` runs it, and the CPU time the
+    process spent in the step (all threads: a prefetching thread's reads included)."""
     device = pick_device(cfg.device)
-    lab = temporal.read_labels(labels)
-    videos = Videos(storage.open_cache(cache), lab.ids)
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     model = temporal.build_model(cfg, videos.dim, len(lab.classes)).to(device).train()
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
     y_all = torch.from_numpy(lab.target_array(list(range(len(lab)))))
-    t_data = t_comp = 0.0
+    bs = cfg.batch_size
+    order = np.concatenate([rng.choice(len(lab), size=bs, replace=False) for _ in range(steps + 5)])
+    times = []
     for s in range(steps + 2):  # the first two steps warm up allocators and kernels
-        rows = rng.choice(len(lab), size=cfg.batch_size, replace=False)
+        rows = order[s * bs:(s + 1) * bs]
         sync(device)
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         x, t, m = train_batch(videos, rows, cfg, rng, device)
         y = y_all[torch.from_numpy(rows)].to(device)
+        videos.prefetch(upcoming(order, s * bs, bs))  # as temporal.train does
         sync(device)
         t1 = time.perf_counter()
         with autocast(device):
             logits = model(x, t, m)
         optimizer_step(opt, model, loss_fn("single", logits, y), cfg.lr, cfg.grad_clip)
         sync(device)
-        t2 = time.perf_counter()
-        if s >= 2:
-            t_data, t_comp = t_data + (t1 - t0), t_comp + (t2 - t1)
-    return {"steps": steps, "batch_size": cfg.batch_size, "frames": cfg.frames,
-            "data_ms": round(1000 * t_data / steps, 3), "compute_ms": round(1000 * t_comp / steps, 2),
-            "data_fraction": round(t_data / (t_data + t_comp), 5)}
+        times.append((t1 - t0, time.perf_counter() - t1, time.process_time() - c0))
+    return np.array(times[2:])
+
+
+def step_memory_vs_lazy(cache: Path, labels: Path, cfg: temporal.Config, steps: int, rounds: int = 3) -> dict:
+    """`step_split` on the features in memory and read lazily (a budget of 1/4 of them), alternated
+    over `rounds` so both see the same machine load. Medians over the steps (a shared machine's
+    bursts are not the code's), and the fraction of the summed times too."""
+    lab = temporal.read_labels(labels)
+    reader = storage.open_cache(cache)
+    budget = feature_bytes(reader, lab.ids) // 4
+    kinds = {"memory": lambda: Videos(reader, lab.ids), "lazy": lambda: LazyVideos(reader, lab.ids, budget)}
+    runs: dict[str, list[np.ndarray]] = {k: [] for k in kinds}
+    out: dict = {"lazy": {}}
+    for _ in range(rounds):
+        for kind, make in kinds.items():
+            videos = make()
+            runs[kind].append(step_split(videos, lab, cfg, steps))
+            if kind == "lazy":
+                store = videos.store
+                out["lazy"] = {"budget_bytes": budget, "peak_bytes": store.peak, "chunk_reads": store.reads}
+    for kind, rs in runs.items():
+        t = np.concatenate(rs)
+        data, comp = np.median(t[:, 0]), np.median(t[:, 1])
+        out[kind] = {"data_ms": round(1000 * data, 3), "compute_ms": round(1000 * comp, 2),
+                     "step_ms": round(1000 * (data + comp), 2),
+                     "data_fraction": round(data / (data + comp), 5),
+                     "data_fraction_of_sums": round(t[:, 0].sum() / t[:, :2].sum(), 5),
+                     "cpu_ms": round(1000 * np.median(t[:, 2]), 2), **out.get(kind, {})}
+    out["lazy_step_over_memory_step"] = round(out["lazy"]["step_ms"] / out["memory"]["step_ms"], 3)
+    # the CPU a lazy step costs beyond an in-memory one (reading, decoding), as a share of its CPU
+    out["lazy_extra_cpu_fraction"] = round(1 - out["memory"]["cpu_ms"] / out["lazy"]["cpu_ms"], 4)
+    out.update(steps=steps, rounds=rounds, batch_size=cfg.batch_size, frames=cfg.frames,
+               feature_bytes=feature_bytes(reader, lab.ids))
+    return out
 
 
 def epoch_vs_extraction(cache: Path, labels: Path, cfg: temporal.Config, root: Path, args) -> dict:
@@ -194,10 +233,12 @@ def main() -> None:
     ap.add_argument("--frames-per-video", type=int, default=120, help="cached frames each (2 min at 1 fps)")
     ap.add_argument("--in-dim", type=int, default=768, help="feature width D (ViT-B: 768)")
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--step-videos", type=int, default=1024, help="videos in the cache of the step figures")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: stable on a shared machine)")
     ap.add_argument("--backbone", default="vit_base_patch16_224")
     ap.add_argument("--backbone-batches", type=int, default=2)
     ap.add_argument("--mem-batch-size", type=int, default=4, help="videos per step in the memory runs")
+    ap.add_argument("--step-only", action="store_true", help="only the step figures (memory vs lazy)")
     ap.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -210,15 +251,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         cache, labels = synthetic_cache(root, args.videos, args.frames_per_video, args.in_dim)
+        step_cache = synthetic_cache(root / "step", args.step_videos, args.frames_per_video, args.in_dim)
         result = {
             "device": str(pick_device(cfg.device)), "threads": args.threads, "torch": torch.__version__,
             "model": {k: getattr(cfg, k) for k in MODEL_KEYS},
             "in_dim": args.in_dim,
-            "step": step_split(cache, labels, cfg, args.steps),
-            "epoch": epoch_vs_extraction(cache, labels, cfg, root, args),
-            "memory": {"batch_size": args.mem_batch_size,
-                       **memory(cfg.replace(batch_size=args.mem_batch_size), args.in_dim, args.threads)},
+            "step": step_memory_vs_lazy(*step_cache, cfg, args.steps),
         }
+        if not args.step_only:
+            result["epoch"] = epoch_vs_extraction(cache, labels, cfg, root, args)
+            mcfg = cfg.replace(batch_size=args.mem_batch_size)
+            result["memory"] = {"batch_size": mcfg.batch_size, **memory(mcfg, args.in_dim, args.threads)}
     print(json.dumps(result))
 
 

@@ -24,7 +24,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--videos", required=True,
                     help="a folder searched recursively for videos, or a text file listing video paths "
                          "(one per line, relative to the file; lines starting with '#' are comments)")
-    ap.add_argument("--out", required=True, help="cache folder (created, or extended/resumed)")
+    ap.add_argument("--out", required=True,
+                    help="cache folder or fsspec URL (s3://..., gs://...); created, or extended/resumed")
     g = ap.add_argument_group("sampling (one of --fps, --every, --num-frames)")
     pol = g.add_mutually_exclusive_group()
     pol.add_argument("--fps", type=float, default=None, help="frames per second (default 1)")

@@ -29,7 +29,7 @@ import torch
 import storage
 from extract.backbone import Backbone, device_for, load_backbone
 from extract.batcher import DECODER_NICE, Extractor, decoder_count, set_threads
-from extract.config import ExtractConfig
+from extract.config import ExtractConfig, ExtractError
 from extract.decoder import kill_all, spawn_decoder
 from extract.discover import Plan, find_videos, groups_of
 from extract.sink import ShardSink
@@ -72,7 +72,7 @@ class Summary:
     def line(self) -> str:
         fail = "0 failed"
         if self.failed:
-            fail = f"{self.failed} failed (see {Path(self.cache) / 'failures.jsonl'})"
+            fail = f"{self.failed} failed (see {self.cache.rstrip('/')}/failures.jsonl)"
         compiled = f", compiled in {self.compile_seconds:.1f} s" if self.compile_seconds else ""
         return (f"extract: {self.videos} videos: {self.done} done, {self.skipped} skipped (already cached), "
                 f"{fail}; {self.frames} frames in {self.seconds:.1f} s "
@@ -131,7 +131,12 @@ def run(config: ExtractConfig, videos_dir: str | os.PathLike, out_dir: str | os.
             log.info("extract: %d videos, %d already cached, %d to extract -> %s; %s (%s) on %s, %s",
                      len(videos), summary.skipped, len(pending), out_dir, bb.name, bb.source, bb.device,
                      bb.precision)
-            groups = groups_of(pending, cfg.videos_per_shard)
+            size = cfg.videos_per_shard
+            if distributed:  # fewer videos than workers x a shard: smaller shards, every worker busy
+                from extract.distributed import task_size, worker_count
+
+                size = task_size(len(pending), size, worker_count(cfg))
+            groups = groups_of(pending, size)
             t_work = time.monotonic()
             plan = Plan(cfg, groups, [cache.allocate_shard(cfg.format) for _ in groups])
             with _progress(len(pending), cfg) as advance:
@@ -195,17 +200,52 @@ def _run_local(plan: Plan, bb: Backbone, cache: storage.CacheWriter, summary: Su
 
 
 def _run_dask(plan: Plan, cache: storage.CacheWriter, summary: Summary, advance: Advance) -> None:
-    """One dask task per shard (extract.distributed); the results are recorded here, under the lock."""
+    """One dask task per shard (extract.distributed); the results are recorded here, under the lock.
+
+    A shard counts once this process finds it, with its index entry, and it passes
+    `storage.verify_shard` (fingerprint, entry, checksums): a worker's word is not enough.
+    """
     from extract.distributed import shard_results
 
     with contextlib.closing(shard_results(plan)) as results:
         for g, res in results:
+            if "unshared" in res:
+                raise ExtractError(_unshared(cache.root, res["unshared"]))
             for vid, path, reason in res["failures"]:
                 _failed(cache, summary, vid, path, reason)
-            if res["committed"]:
+            committed = res["committed"]
+            if committed and not _shard_checks(plan, g, res, cache, summary):
+                committed = []
+            if committed:
                 summary.shards.append(plan.shards[g].name)
-            summary.done += len(res["committed"])
+            summary.done += len(committed)
             summary.frames += res["frames"]
             summary.model_seconds += res["model_seconds"]
             summary.notes.update(res["notes"])
             advance(len(plan.groups[g]), summary.frames)
+
+
+def _unshared(root: Path, what: str) -> str:
+    return (f"the dask workers do not share the cache's file system: {what}, while this driver "
+            f"(host {socket.gethostname()}) writes the cache at {Path(root).absolute()}. Give --out a path "
+            "every worker mounts at the same place (a shared or network file system). Shards already "
+            "committed are kept: run again to resume.")
+
+
+def _shard_checks(plan: Plan, g: int, res: dict, cache: storage.CacheWriter, summary: Summary) -> bool:
+    """Whether the shard a worker reported committed is here and sound; a damaged one is quarantined
+    and its videos recorded as failed (the next run extracts them again)."""
+    path = plan.shards[g]
+    try:
+        storage.verify_shard(path)
+        return True
+    except FileNotFoundError as e:
+        what = f"the worker on host {res['host']} reported {path.name} committed, but {e.filename} is missing"
+        raise ExtractError(_unshared(cache.root, what)) from None
+    except storage.CorruptShardError as e:
+        storage.quarantine(cache.root, [path])
+        paths = {v.id: v.path for v in plan.groups[g]}
+        for vid in res["committed"]:
+            _failed(cache, summary, vid, paths[vid], f"written by the worker on host {res['host']}, "
+                    f"but its shard fails verification (moved to quarantine/): {e}")
+        return False

@@ -16,10 +16,11 @@ from storage.cache import (
 from storage.errors import CacheBusy, CacheError, CorruptShardError, FingerprintMismatch
 from storage.ids import check_video_id, video_id
 from storage.shard import Shard, ShardWriter
-from storage.verify import Report, quarantine, rebuild_index, verify
+from storage.verify import Report, quarantine, rebuild_index, verify, verify_shard
 
 __all__ = [
     "CacheBusy", "CacheError", "CacheReader", "CacheWriter", "CorruptShardError",
     "FingerprintMismatch", "Report", "Shard", "ShardWriter", "Video", "check_video_id",
-    "open_cache", "quarantine", "read_failures", "rebuild_index", "shard_paths", "verify", "video_id",
+    "open_cache", "quarantine", "read_failures", "rebuild_index", "shard_paths", "verify",
+    "verify_shard", "video_id",
 ]

@@ -12,11 +12,15 @@ from storage.cache import open_cache, read_failures
 from storage.console import console_options, setup_console
 from storage.errors import CacheError
 from storage.export import FORMATS, export
+from storage.location import as_path
 from storage.verify import rebuild_index, verify
 
 
-def _bytes(root: Path) -> int:
-    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+def _bytes(root: str) -> int:
+    path = as_path(root)
+    if isinstance(path, Path):
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.size()
 
 
 def _human(n: float) -> str:
@@ -27,7 +31,7 @@ def _human(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
-def info(root: Path, as_json: bool) -> int:
+def info(root: str, as_json: bool) -> int:
     cache = open_cache(root)  # reads the index only: a damaged shard does not stop it
     size = _bytes(root)
     fails = cache.failures()
@@ -46,7 +50,7 @@ def info(root: Path, as_json: bool) -> int:
     print(f"{root}: {len(cache)} videos, {cache.total_frames} frames, "
           f"{cache.dtype}[{cache.dim}], {len(cache.entries)} shard(s), {_human(size)}")
     if fails:
-        print(f"failed videos: {len(fails)} (see {root / 'failures.jsonl'})")
+        print(f"failed videos: {len(fails)} (see {root.rstrip('/')}/failures.jsonl)")
     print("fingerprint:")
     for k, v in sorted(cache.fingerprint.items()):
         print(f"  {k}: {v}")
@@ -60,10 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m storage", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("info", help="videos, frames, dim, bytes, fingerprint")
-    p.add_argument("cache", type=Path, help="cache folder")
+    p.add_argument("cache", help="cache folder or fsspec URL")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p = sub.add_parser("verify", help="every shard opens and agrees with the index")
-    p.add_argument("cache", type=Path, help="cache folder")
+    p.add_argument("cache", help="cache folder or fsspec URL")
     p.add_argument("--quick", action="store_true", help="skip the per-video checksums")
     p.add_argument("--rebuild-index", action="store_true",
                    help="index every good shard again (and cache.json if lost); move bad ones to quarantine/")

@@ -7,7 +7,7 @@
     index/            one entry per committed shard (storage/index.py); index.json packs them
 
 Opening reads the index only (no shard is opened until one of its videos is read), and at most
-`max_open` shards are open at a time.
+`max_open` shards are open at a time. `root` is a folder or an fsspec URL (storage/location.py).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from storage import index, lock
+from storage import durable, index, lock
 from storage.durable import TMP_MARK
 from storage.errors import CacheBusy, CacheError, FingerprintMismatch
 from storage.ids import check_video_id
@@ -35,6 +35,7 @@ from storage.info import (
     rebuild_hint,
     write_cache_json,
 )
+from storage.location import ObjectPath, as_path, is_remote
 from storage.shard import (
     BACKENDS,
     SHARD_NAME,
@@ -42,7 +43,6 @@ from storage.shard import (
     ShardWriter,
     check_video,
     damaged,
-    remove_path,
     shard_number,
 )
 
@@ -53,14 +53,14 @@ MAX_OPEN = 64  # shards held open by a reader (HDF5: one descriptor each)
 
 def shard_paths(root: str | os.PathLike) -> list[Path]:
     """The committed shards of a cache (those with an index entry), in shard-number order."""
-    d = Path(root) / "shards"
+    d = as_path(root) / "shards"
     return [d / n for n in sorted(index.entry_names(root), key=shard_number)]
 
 
 def read_failures(root: str | os.PathLike) -> dict[str, dict]:
     """The latest failure record per video id (a torn last line from a crash is skipped)."""
     out: dict[str, dict] = {}
-    path = Path(root) / FAILURES
+    path = as_path(root) / FAILURES
     if not path.exists():
         return out
     for line in path.read_text(errors="replace").splitlines():
@@ -72,19 +72,15 @@ def read_failures(root: str | os.PathLike) -> dict[str, dict]:
     return out
 
 
-def _load_index(root: Path) -> tuple[list[dict], bool]:
+def _load_index(root: Path | ObjectPath) -> tuple[list[dict], bool]:
     entries, current = index.load_with_state(root)
-    lost = not (root / index.INDEX_DIR).is_dir()  # made with the cache: absent = lost (or never made)
+    lost = not entries and not index.made(root)  # made with the cache: absent = lost (or never made)
     if lost and any(SHARD_NAME.match(n) for n in _listdir(root / "shards")):
         raise CacheError(f"{root}: the shards have no index; {rebuild_hint(root)}")
     return sorted(entries.values(), key=lambda e: shard_number(e["shard"])), current
 
 
-def _listdir(d: Path) -> list[str]:
-    try:
-        return os.listdir(d)
-    except FileNotFoundError:
-        return []
+_listdir = durable.listdir
 
 
 @dataclass
@@ -98,7 +94,7 @@ class CacheReader:
     """Read-only view of a cache: ids, and each video's features and timestamps."""
 
     def __init__(self, root: str | os.PathLike, check: bool = True, max_open: int = MAX_OPEN):
-        self.root = Path(root)
+        self.root = as_path(root)
         self.info = read_cache_json(self.root)
         self.check, self.max_open = check, max(1, max_open)
         self.entries, _ = _load_index(self.root)
@@ -139,7 +135,7 @@ class CacheReader:
         feats, times = self._read(vid)
         return Video(vid, feats, times)
 
-    def shard_path(self, s: int) -> Path:
+    def shard_path(self, s: int) -> Path | ObjectPath:
         return self.root / "shards" / self.entries[s]["shard"]
 
     def _shard(self, s: int):
@@ -166,20 +162,44 @@ class CacheReader:
         return r
 
     def _read(self, vid: str) -> tuple[np.ndarray, np.ndarray]:
+        s, a, b = self.locate(vid)
+        feats, times = self.read_rows(s, a, b, f"video {vid!r}")
+        if self.check:
+            self.check_video(vid, feats, times)
+        return feats, times
+
+    def locate(self, vid: str) -> tuple[int, int, int]:
+        """(shard s, first row, end row): where a video's frames are (`entries[s]`; nothing opened)."""
         try:
             s, i = self._where[vid]
         except KeyError:
             raise KeyError(f"video {vid!r} is not in the cache {self.root}") from None
-        e = self.entries[s]
-        a, b = e["offsets"][i], e["offsets"][i + 1]
+        off = self.entries[s]["offsets"]
+        return s, int(off[i]), int(off[i + 1])
+
+    def read_rows(self, s: int, a: int, b: int, what: str = "") -> tuple[np.ndarray, np.ndarray]:
+        """Features and timestamps of rows a:b of shard `s` (any rows: a video, a chunk)."""
+        what = what or f"rows {a}:{b}"
+        return self.read_array(s, "features", a, b, what), self.read_array(s, "timestamps", a, b, what)
+
+    def read_array(self, s: int, name: str, a: int | None = None, b: int | None = None,
+                   what: str = "") -> np.ndarray:
+        """Rows a:b (default: all) of array `name` (features, timestamps) of shard `s`."""
         r = self._shard(s)
         try:
-            feats, times = r.read("features", a, b), r.read("timestamps", a, b)
+            return r.read(name, a, b)
         except Exception as exc:
-            raise damaged(self.shard_path(s), f"cannot read video {vid!r}", exc) from exc
-        if self.check:
-            check_video(self.shard_path(s), vid, feats, times, e["checksums"][i])
-        return feats, times
+            raise damaged(self.shard_path(s), f"cannot read {what or name}", exc) from exc
+
+    def chunk_rows(self, s: int) -> int:
+        """Rows per stored chunk of shard `s`'s features (the whole shard when it is not chunked)."""
+        chunks = getattr(self._shard(s).array("features"), "chunks", None)
+        return int(chunks[0]) if chunks else max(1, int(self.entries[s]["frames"]))
+
+    def check_video(self, vid: str, feats: np.ndarray, times: np.ndarray) -> None:
+        """Raise CorruptShardError unless a video's frames match the checksum in the index."""
+        s, i = self._where[vid]
+        check_video(self.shard_path(s), vid, feats, times, self.entries[s]["checksums"][i])
 
     def features(self, vid: str) -> np.ndarray:
         return self._read(vid)[0]
@@ -247,7 +267,7 @@ class CacheWriter:
 
     def __init__(self, root: str | os.PathLike, *, dim: int, dtype: str, fingerprint: dict,
                  provenance: dict | None = None, wait: bool = False):
-        self.root = Path(root)
+        self.root = as_path(root)
         self.dim, self.dtype = int(dim), str(np.dtype(dtype).name)
         self.fingerprint, self.provenance = fingerprint, provenance or {}
         fresh = not (self.root / "shards").is_dir()
@@ -255,14 +275,16 @@ class CacheWriter:
         self._lock_fd = lock_cache(self.root, wait=wait)
         try:
             if fresh:
-                (self.root / index.INDEX_DIR).mkdir(exist_ok=True)
+                index.make(self.root)
             entries, _ = _load_index(self.root)
             self._init_info(entries)
-            self._clean_uncommitted({e["shard"] for e in entries})
+            last = self._clean_uncommitted({e["shard"] for e in entries})
         except BaseException:
             self.close()
             raise
-        self._next = max((shard_number(e["shard"]) for e in entries), default=-1) + 1
+        # past every name seen, committed or not: a name is never reused, so a straggling worker of
+        # an earlier run can never write into a shard allocated now
+        self._next = max([last, *(shard_number(e["shard"]) for e in entries)]) + 1
 
     def _init_info(self, entries: list[dict]) -> None:
         want = {"dim": self.dim, "dtype": self.dtype, **self.fingerprint}
@@ -288,22 +310,27 @@ class CacheWriter:
                 "fingerprint": self.fingerprint, "provenance": self.provenance,
                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
 
-    def _clean_uncommitted(self, committed: set[str]) -> None:
+    def _clean_uncommitted(self, committed: set[str]) -> int:
+        """Remove temporary and uncommitted shards; returns the highest shard number seen (-1: none)."""
         # Safe only because we hold the lock: nobody else is writing here. A complete shard without
-        # an index entry was never committed (a crash between its rename and its entry).
-        for p in (self.root / "shards").iterdir():
-            if TMP_MARK in p.name or (SHARD_NAME.match(p.name) and p.name not in committed):
-                remove_path(p)
+        # an index entry was never committed (a crash between its data and its entry).
+        last = -1
+        for name in _listdir(self.root / "shards"):
+            base = name.split(TMP_MARK)[0]
+            last = max(last, shard_number(base))
+            if TMP_MARK in name or (SHARD_NAME.match(name) and name not in committed):
+                durable.remove_path(self.root / "shards" / name)
         for d in (self.root, self.root / index.INDEX_DIR):
             for name in _listdir(d):
                 if TMP_MARK in name:
-                    remove_path(d / name)
+                    durable.remove_path(d / name)
+        return last
 
     def committed_ids(self) -> set[str]:
         """Ids of every video in a committed shard (from the index; no shard is opened)."""
         return {vid for e in index.load(self.root).values() for vid in e["ids"]}
 
-    def allocate_shard(self, fmt: str = "zarr") -> Path:
+    def allocate_shard(self, fmt: str = "zarr") -> Path | ObjectPath:
         """A fresh shard path (never reused in this cache) for one group of videos."""
         if fmt not in SUFFIX:
             raise ValueError(f"unknown shard format {fmt!r}; choose one of {sorted(SUFFIX)}")
@@ -311,7 +338,7 @@ class CacheWriter:
         self._next += 1
         return path
 
-    def shard_writer(self, path: Path, chunk_frames: int = 1024) -> ShardWriter:
+    def shard_writer(self, path: Path | ObjectPath, chunk_frames: int = 1024) -> ShardWriter:
         return ShardWriter(path, self.dim, self.dtype, chunk_frames, fingerprint=self.fingerprint,
                            provenance=self.provenance)
 
@@ -319,6 +346,10 @@ class CacheWriter:
         rec = {"video_id": check_video_id(video_id), "path": path, "reason": reason,
                "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
         line = (json.dumps(rec, ensure_ascii=False) + "\n").encode()
+        if is_remote(self.root):  # no append on an object store: rewrite it whole (we hold the lock)
+            path = self.root / FAILURES
+            durable.atomic_write(path, (path.read_bytes() if path.exists() else b"") + line)
+            return
         fd = os.open(self.root / FAILURES, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, line)  # one write of one line: a crash cannot interleave records
@@ -344,12 +375,14 @@ class CacheWriter:
         self.close()
 
 
-def lock_cache(root: Path, wait: bool = False) -> int:
+def lock_cache(root: Path | ObjectPath, wait: bool = False) -> int | ObjectPath:
     """Take the cache's write lock (storage.lock); returns its descriptor, for `lock.release`."""
     try:
         return lock.acquire(root / LOCK, wait)
     except lock.Held as e:
+        stale = (f" (a run killed on another machine leaves its lock object behind: delete {root / LOCK} "
+                 "once that run is known to be dead)" if is_remote(root) else "")
         raise CacheBusy(
             f"{root} is being written by {e}; wait for it to finish "
-            "(it resumes where it stops) or use another --out folder"
+            f"(it resumes where it stops) or use another --out folder{stale}"
         ) from None

@@ -3,16 +3,23 @@
 A shard smaller than the writer's buffer (`chunk` rows) is stored contiguously at its exact size;
 a larger one in chunks of a quarter of that, so the one partly filled chunk at the end wastes at
 most chunk/4 rows (HDF5 allocates whole chunks; Zarr compresses the padding away).
+
+On an object store (`storage.location.ObjectPath`) HDF5 cannot write in place: the shard is built
+in a local temporary file and uploaded whole by `finish`; readers open it through fsspec (h5py
+reads file-like objects, fetching the byte ranges it needs).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from storage import durable
+from storage.location import is_remote
 
 SUFFIX = ".h5"
 JSON_ATTRS = ("fingerprint", "provenance")  # dicts, stored as JSON text (HDF5 attributes are flat)
@@ -27,8 +34,13 @@ class Writer:
         import h5py
 
         self.path, self.dim, self.dtype, self.chunk = path, dim, dtype, chunk
+        self.local = path
+        if is_remote(path):  # built here, uploaded by finish
+            fd, name = tempfile.mkstemp(suffix=SUFFIX, prefix="shard-")
+            os.close(fd)
+            self.local = Path(name)
         # v110 object headers: ~2 KB less per file than the 1.8-compatible default (HDF5 >= 1.10 reads it)
-        self.file = h5py.File(path, "w", libver=("v110", "latest"))
+        self.file = h5py.File(self.local, "w", libver=("v110", "latest"))
         self.rows = 0
 
     def append(self, feats: np.ndarray, times: np.ndarray) -> None:
@@ -78,11 +90,17 @@ class Writer:
             f.attrs[k] = json.dumps(v, sort_keys=True) if k in JSON_ATTRS else v
         f.flush()
         f.close()
-        durable.fsync_file(self.path)
+        if self.local != self.path:
+            self.path.fs.put_file(str(self.local), self.path.path)
+            self.local.unlink()
+        else:
+            durable.fsync_file(self.path)
 
     def close(self) -> None:
         if self.file.id.valid:
             self.file.close()
+        if self.local != self.path:
+            self.local.unlink(missing_ok=True)
 
 
 class Reader:
@@ -91,7 +109,8 @@ class Reader:
     def __init__(self, path: Path, thorough: bool = False):
         import h5py
 
-        self.file = h5py.File(path, "r")
+        self._fobj = path.open("rb") if is_remote(path) else None
+        self.file = h5py.File(self._fobj or path, "r")
         self.attrs = {k: json.loads(v) if k in JSON_ATTRS else getattr(v, "item", lambda v=v: v)()
                       for k, v in self.file.attrs.items()}
 
@@ -104,3 +123,5 @@ class Reader:
     def close(self) -> None:
         if self.file.id.valid:
             self.file.close()
+        if self._fobj is not None:
+            self._fobj.close()

@@ -21,11 +21,13 @@ from pathlib import Path
 
 from storage import durable
 from storage.errors import CacheError
+from storage.location import as_path, is_remote
 
 INDEX_DIR = "index"
 PACK = "index.json"
 PACK_VERSION = 1
 SUFFIX = ".json"
+MARKER = ".made"  # object stores only: index/ exists even before the first entry
 
 
 def fingerprint_id(dim: int, dtype: str, fingerprint: dict) -> str:
@@ -35,7 +37,7 @@ def fingerprint_id(dim: int, dtype: str, fingerprint: dict) -> str:
 
 
 def entry_path(root: str | os.PathLike, shard_name: str) -> Path:
-    return Path(root) / INDEX_DIR / (shard_name + SUFFIX)
+    return as_path(root) / INDEX_DIR / (shard_name + SUFFIX)
 
 
 def write_entry(root: str | os.PathLike, entry: dict) -> None:
@@ -43,6 +45,20 @@ def write_entry(root: str | os.PathLike, entry: dict) -> None:
     path = entry_path(root, entry["shard"])
     path.parent.mkdir(exist_ok=True)
     durable.atomic_write(path, json.dumps(entry, separators=(",", ":")).encode())
+
+
+def make(root: str | os.PathLike) -> None:
+    """Create the empty index of a new cache (on an object store, a marker: there are no empty folders)."""
+    d = as_path(root) / INDEX_DIR
+    d.mkdir(exist_ok=True)
+    if is_remote(d):
+        durable.atomic_write(d / MARKER, b"")
+
+
+def made(root: str | os.PathLike) -> bool:
+    """Whether the cache's index was made (absent: lost, or a cache older than the index)."""
+    d = as_path(root) / INDEX_DIR
+    return (d / MARKER).exists() if is_remote(d) else d.is_dir()
 
 
 def remove_entry(root: str | os.PathLike, shard_name: str) -> None:
@@ -54,10 +70,8 @@ def remove_entry(root: str | os.PathLike, shard_name: str) -> None:
 
 def entry_names(root: str | os.PathLike) -> list[str]:
     """Names of the shards that have an entry (committed), unordered."""
-    d = Path(root) / INDEX_DIR
-    if not d.is_dir():
-        return []
-    return [n[: -len(SUFFIX)] for n in os.listdir(d) if n.endswith(SUFFIX) and durable.TMP_MARK not in n]
+    names = durable.listdir(as_path(root) / INDEX_DIR)
+    return [n[: -len(SUFFIX)] for n in names if n.endswith(SUFFIX) and durable.TMP_MARK not in n]
 
 
 def read_entry(root: str | os.PathLike, shard_name: str) -> dict:
@@ -68,7 +82,7 @@ def read_entry(root: str | os.PathLike, shard_name: str) -> dict:
             raise ValueError("entry does not match its name or its ids")
     except (ValueError, KeyError, TypeError) as e:
         raise CacheError(f"{path}: unreadable index entry ({e}); rebuild the index from the shards with "
-                         f"`python -m storage verify --rebuild-index {Path(root)}`") from e
+                         f"`python -m storage verify --rebuild-index {as_path(root)}`") from e
     return entry
 
 
@@ -95,7 +109,7 @@ def load(root: str | os.PathLike) -> dict[str, dict]:
 
 def load_with_state(root: str | os.PathLike) -> tuple[dict[str, dict], bool]:
     """`load`, and whether the pack holds exactly the committed entries (else it is worth rewriting)."""
-    root = Path(root)
+    root = as_path(root)
     names = entry_names(root)
     packed = _read_pack(root) if names else {}
     entries = {n: packed[n] if n in packed else read_entry(root, n) for n in names}
@@ -118,4 +132,4 @@ def write_pack(root: str | os.PathLike, entries: dict[str, dict]) -> None:
         rest = {k: v for k, v in e.items() if k not in ("dim", "dtype", "fingerprint", "provenance")}
         packed.append({**rest, "fingerprint_id": fid, "provenance": prov_ids[key]})
     pack = {"pack_version": PACK_VERSION, "fingerprints": fps, "provenances": provs, "entries": packed}
-    durable.atomic_write(Path(root) / PACK, json.dumps(pack, separators=(",", ":")).encode())
+    durable.atomic_write(as_path(root) / PACK, json.dumps(pack, separators=(",", ":")).encode())

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 from storage.errors import CacheError
 from storage.files import write_json
+from storage.location import as_path
 
 CACHE_VERSION = 2  # 2: shards carry their fingerprint, the index commits them
 CACHE_JSON = "cache.json"
@@ -18,11 +18,11 @@ def rebuild_hint(root: str | os.PathLike) -> str:
 
 
 def read_cache_json(root: str | os.PathLike) -> dict:
-    path = Path(root) / CACHE_JSON
+    path = as_path(root) / CACHE_JSON
     try:
         info = json.loads(path.read_text())
     except FileNotFoundError:
-        if (Path(root) / "shards").is_dir():
+        if (as_path(root) / "shards").is_dir():
             raise CacheError(f"{root}: {CACHE_JSON} is missing; {rebuild_hint(root)}") from None
         raise CacheError(f"{root}: not a feature cache (no {CACHE_JSON})") from None
     except (OSError, ValueError) as e:
@@ -37,7 +37,7 @@ def read_cache_json(root: str | os.PathLike) -> dict:
 
 
 def write_cache_json(root: str | os.PathLike, info: dict) -> None:
-    write_json(Path(root) / CACHE_JSON, info, sort_keys=True)  # fsynced: durable before any shard
+    write_json(as_path(root) / CACHE_JSON, info, sort_keys=True)  # fsynced: durable before any shard
 
 
 def fingerprint_diff(old: dict, new: dict) -> list[str]:

@@ -13,9 +13,11 @@ The formats are backends (storage/zarr_shard.py, storage/hdf5_shard.py) with one
 
 and attributes: shard_version, videos, frames, dim, dtype, fingerprint, fingerprint_id, provenance.
 
-Commit: the shard is written under a temporary name, flushed, renamed into place, and then its
-index entry is written (storage/index.py). The entry is the commit: until it exists the shard
-is not part of the cache.
+Commit: the shard's data is written and flushed, and then its index entry is written whole
+(storage/index.py). The entry is the commit: until it exists the shard is not part of the cache.
+Locally the data is written under a temporary name and renamed into place before the entry; on
+an object store (no atomic rename of a folder) it is written at its final name, which the lock
+holder allocated to this writer alone, and an uncommitted one is removed at the next open.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from __future__ import annotations
 import os
 import platform
 import re
-import shutil
 import socket
 import uuid
 import zlib
@@ -36,6 +37,7 @@ from storage.durable import TMP_MARK
 from storage.errors import CorruptShardError, FingerprintMismatch, environmental
 from storage.ids import check_video_id
 from storage.info import fingerprint_diff, read_cache_json
+from storage.location import as_path, is_remote
 
 SHARD_VERSION = 2
 BACKENDS = {"zarr": zarr_shard, "hdf5": hdf5_shard}
@@ -47,7 +49,7 @@ __all__ = ["TMP_MARK", "CorruptShardError", "Shard", "ShardWriter"]
 
 def shard_format(path: str | os.PathLike) -> str:
     """'zarr' or 'hdf5', from the shard's file name."""
-    name = Path(path).name.split(TMP_MARK)[0]
+    name = as_path(path).name.split(TMP_MARK)[0]
     for fmt, suffix in SUFFIX.items():
         if name.endswith(suffix):
             return fmt
@@ -112,12 +114,16 @@ class ShardWriter:
     def __init__(self, path: str | os.PathLike, dim: int, dtype: str = "float16",
                  chunk_frames: int = 1024, fingerprint: dict | None = None,
                  provenance: dict | None = None):
-        self.path = Path(path)
+        self.path = as_path(path)
         self.root = self.path.parent.parent
         self.format = shard_format(self.path)
         self.dim, self.dtype, self.chunk = int(dim), np.dtype(dtype), int(chunk_frames)
         self.fingerprint, self.provenance = fingerprint, {**storage_provenance(), **(provenance or {})}
         self.tmp = self.path.with_name(f"{self.path.name}{TMP_MARK}{uuid.uuid4().hex[:12]}")
+        if is_remote(self.path):  # no rename on an object store: written in place (see above)
+            if index.entry_path(self.root, self.path.name).exists():
+                raise FileExistsError(f"{self.path}: a shard of that name is already committed")
+            self.tmp = self.path
         self.ids: list[str] = []
         self.offsets = [0]
         self.sums: list[int] = []
@@ -178,7 +184,7 @@ class ShardWriter:
         return info["fingerprint"]
 
     def commit(self) -> Path:
-        """Write the per-video arrays, flush, rename into place and commit the index entry."""
+        """Write the per-video arrays, flush, rename into place (locally) and commit the index entry."""
         fingerprint = self._cache_fingerprint()
         self._flush(whole_chunks=False)
         ids = np.array(self.ids, dtype=object)
@@ -188,11 +194,14 @@ class ShardWriter:
                  "dim": self.dim, "dtype": self.dtype.name, "fingerprint": fingerprint,
                  "fingerprint_id": index.fingerprint_id(self.dim, self.dtype.name, fingerprint),
                  "provenance": self.provenance}
+        if index.entry_path(self.root, self.path.name).exists():
+            raise FileExistsError(f"{self.path}: a shard of that name is already committed")
         self._backend.finish(arrays, attrs)
-        if self.path.exists():
-            raise FileExistsError(f"{self.path}: a shard of that name already exists")
-        os.replace(self.tmp, self.path)
-        durable.fsync_file(self.path.parent)
+        if self.tmp != self.path:
+            if self.path.exists():
+                raise FileExistsError(f"{self.path}: a shard of that name already exists")
+            os.replace(self.tmp, self.path)
+            durable.fsync_file(self.path.parent)
         index.write_entry(self.root, make_entry(
             self.path.name, dim=self.dim, dtype=self.dtype.name, fingerprint=fingerprint,
             provenance=self.provenance, ids=self.ids, offsets=self.offsets,
@@ -200,16 +209,10 @@ class ShardWriter:
         return self.path
 
     def abort(self) -> None:
-        """Drop the temporary shard."""
+        """Drop the uncommitted shard."""
         self._backend.close()
-        remove_path(self.tmp)
-
-
-def remove_path(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
-        path.unlink(missing_ok=True)
+        if self.tmp != self.path or not index.entry_path(self.root, self.path.name).exists():
+            durable.remove_path(self.tmp)
 
 
 class Shard:
@@ -219,7 +222,7 @@ class Shard:
     """
 
     def __init__(self, path: str | os.PathLike, thorough: bool = True):
-        self.path = Path(path)
+        self.path = as_path(path)
         self.format = shard_format(self.path)
         try:
             self._r = BACKENDS[self.format].Reader(self.path, thorough=thorough)

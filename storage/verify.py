@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
 import os
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from storage import durable, index, lock
 from storage.cache import _listdir, lock_cache
 from storage.errors import CacheError, CorruptShardError
 from storage.info import CACHE_JSON, CACHE_VERSION, fingerprint_diff, read_cache_json, write_cache_json
+from storage.location import as_path
 from storage.shard import SHARD_NAME, TMP_MARK, Shard, shard_number
 
 QUARANTINE = "quarantine"
@@ -70,9 +72,24 @@ def _check_shard(path: Path, expect: dict | None, entry: dict | None, checksums:
     return shard
 
 
+def verify_shard(path: str | os.PathLike, checksums: bool = True) -> None:
+    """Check one committed shard as `verify` does: it opens, carries the cache's fingerprint, agrees
+    with its index entry and (`checksums`) every video's checksum holds.
+
+    Raises CorruptShardError, or FileNotFoundError when the shard or its index entry is not there.
+    """
+    path = Path(path)
+    root = path.parent.parent
+    if not (path.exists() or path.is_symlink()):
+        raise FileNotFoundError(errno.ENOENT, "no such shard", str(path))
+    entry = index.read_entry(root, path.name)  # FileNotFoundError when it has none
+    info = read_cache_json(root)
+    _check_shard(path, _described(info["fingerprint"], info["dim"], info["dtype"]), entry, checksums)
+
+
 def verify(root: str | os.PathLike, checksums: bool = True) -> Report:
     """Check a cache thoroughly; never raises for damage, reports it."""
-    root = Path(root)
+    root = as_path(root)
     rep = Report()
     try:
         info = read_cache_json(root)
@@ -130,7 +147,7 @@ def quarantine(root: str | os.PathLike, shards: list[Path]) -> dict[str, list[st
     The index entry goes first, so from then on its videos are not in the cache and a resumed
     extraction re-extracts exactly them. The caller must hold the cache's write lock.
     """
-    root = Path(root)
+    root = as_path(root)
     qdir = root / QUARANTINE
     qdir.mkdir(exist_ok=True)
     held: dict[str, list[str] | None] = {}
@@ -145,7 +162,7 @@ def quarantine(root: str | os.PathLike, shards: list[Path]) -> dict[str, list[st
         dest, n = qdir / path.name, 1
         while dest.exists() or dest.is_symlink():
             dest, n = qdir / f"{path.name}.{n}", n + 1
-        os.replace(path, dest)
+        durable.move(path, dest)
     if shards:
         durable.fsync_file(root / "shards")
     return held
@@ -153,7 +170,7 @@ def quarantine(root: str | os.PathLike, shards: list[Path]) -> dict[str, list[st
 
 def rebuild_index(root: str | os.PathLike) -> Report:
     """Index every good shard again (and cache.json if lost); move the others to quarantine/."""
-    root = Path(root)
+    root = as_path(root)
     if not (root / "shards").is_dir():
         raise CacheError(f"{root}: not a feature cache (no shards/ folder)")
     fd = lock_cache(root)
@@ -219,7 +236,7 @@ def _rebuild(root: Path) -> Report:
             same = False
         if not same:
             index.write_entry(root, entry)
-    (root / index.INDEX_DIR).mkdir(exist_ok=True)
+    index.make(root)
     index.write_pack(root, entries)
     if info is not None and (info.get("format_version") != CACHE_VERSION or not (root / CACHE_JSON).exists()):
         info["format_version"] = CACHE_VERSION

@@ -8,8 +8,20 @@ from pathlib import Path
 import numpy as np
 
 from storage import durable
+from storage.location import is_remote
 
 SUFFIX = ".zarr"
+
+
+def _store(path, read_only: bool = False):
+    """What zarr opens: the local folder, or an fsspec store for an object-store path."""
+    if not is_remote(path):
+        return str(path)
+    from zarr.storage import FsspecStore
+
+    with warnings.catch_warnings():  # "fs was not created with asynchronous=True" (wrapped for us)
+        warnings.simplefilter("ignore", UserWarning)
+        return FsspecStore.from_url(path.url, storage_options=path.options, read_only=read_only)
 
 
 class Writer:
@@ -19,7 +31,7 @@ class Writer:
         import zarr
 
         self.path = path
-        self.root = zarr.open_group(str(path), mode="w")
+        self.root = zarr.open_group(_store(path), mode="w")
         self.features = self.root.create_array(
             "features", shape=(0, dim), chunks=(chunk, dim), dtype=dtype,
             dimension_names=("frame", "feature"))
@@ -44,7 +56,7 @@ class Writer:
         self.root.update_attributes(attrs)  # one metadata write, not one per key
         with warnings.catch_warnings():  # "consolidated metadata is not in the v3 spec (yet)"
             warnings.simplefilter("ignore", UserWarning)
-            zarr.consolidate_metadata(str(self.path))
+            zarr.consolidate_metadata(_store(self.path))
         durable.fsync_tree(self.path)
 
     def close(self) -> None:
@@ -58,7 +70,8 @@ class Reader:
         import zarr
 
         # None: the consolidated copy when there is one (shards written before it was added have none)
-        self.root = zarr.open_group(str(path), mode="r", use_consolidated=False if thorough else None)
+        self.root = zarr.open_group(_store(path, read_only=True), mode="r",
+                                    use_consolidated=False if thorough else None)
         self.attrs = dict(self.root.attrs)
         self._arrays: dict = {}
 

@@ -33,7 +33,7 @@ BASELINE_OPTIONS = tuple(f.name for f in dataclasses.fields(Config) if f.name no
 
 def mean_features(videos, rows: list[int]) -> np.ndarray:
     """[N, D] float32: each video's features averaged over all its frames."""
-    return np.stack([videos.feats[i].astype(np.float32).mean(0) for i in rows]) if rows else \
+    return np.stack([videos.frames(i)[0].astype(np.float32).mean(0) for i in rows]) if rows else \
         np.zeros((0, videos.dim), np.float32)
 
 

@@ -71,6 +71,9 @@ class Config:
     monitor: str = "loss"  # val loss, or a val metric name (accuracy, macro_f1, map, mse, r2, ...)
     seed: int = 0
     device: str = "auto"  # auto (cuda if present) | cpu | cuda | cuda:N (storage.device.pick_device)
+    # features held in memory: auto (half the memory available at start) or a size (2GB, 512MiB, bytes);
+    # a cache larger than that is read from its shards as batches need it (the results do not change)
+    memory_budget: str = "auto"
 
     def __post_init__(self) -> None:
         for name, want in field_types(Config).items():
@@ -108,6 +111,7 @@ class Config:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 < self.train_fraction <= 1.0:
             raise ConfigError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
+        memory_bytes(self.memory_budget)  # refused now, not after the cache is opened
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -125,6 +129,40 @@ class Config:
 
 class ConfigError(ValueError):
     pass
+
+
+def _available_memory() -> int:
+    """Bytes the system can give without swapping (Linux MemAvailable counts reclaimable page cache)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
+
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def memory_bytes(budget: str) -> int:
+    """Bytes of a `memory_budget`: "2GB", "1.5GiB", "512mb", "1000000"; "auto": half the memory
+    available now."""
+    text = budget.strip().lower().replace(" ", "")
+    if text == "auto":
+        return _available_memory() // 2
+    number = text.rstrip("kmgtib")
+    unit = text[len(number):]
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if unit not in _UNITS or value <= 0:
+        raise ConfigError(f"temporal option memory_budget={budget!r}: give auto or a size such as 2GB, "
+                          "512MiB or a number of bytes")
+    return int(value * _UNITS[unit])
 
 
 def as_config(config: Config | dict | None = None, **overrides: Any) -> Config:

@@ -20,8 +20,7 @@ from pathlib import Path
 
 import storage
 from storage.info import fingerprint_diff
-from temporal.data import Videos
-from temporal.train import RunError, check_fingerprint, load_run, recorded_path, write_scores
+from temporal.train import RunError, check_fingerprint, load_run, open_videos, recorded_path, write_scores
 
 RANDOM_INIT = "random init (seed "
 
@@ -126,7 +125,7 @@ def predict_videos(run_dir: str | os.PathLike, videos_dir: str | os.PathLike | N
     ids = [v for v in ids if v not in set(empty)]
     if not ids:
         raise RunError(f"no video with frames to predict in {cache_dir}")
-    scores = model.scores(Videos(cache, ids), list(range(len(ids))))
+    scores = model.scores(open_videos(cache, ids, model.config, log), list(range(len(ids))))
     out = Path(out)
     write_scores(out, ids, model.task, model.classes, scores)
     log(f"predicted {len(ids)} video(s) with {run} -> {out}")

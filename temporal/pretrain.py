@@ -28,7 +28,7 @@ from storage.console import progress
 from storage.device import pick_device
 from storage.files import write_json
 from temporal.config import Config, ConfigError, as_config
-from temporal.data import Videos, principal_components
+from temporal.data import principal_components, upcoming
 from temporal.model import build_model, sinusoid
 from temporal.train import (
     RunError,
@@ -37,6 +37,7 @@ from temporal.train import (
     feature_std,
     fit_without_labels,
     lr_at,
+    open_videos,
     optimizer_step,
     param_groups,
     train_batch,
@@ -82,7 +83,7 @@ def pretrain(cache_dir: str | os.PathLike, out_dir: str | os.PathLike, config: C
     ids = [v for v in cache.video_ids if v not in exclude and cache.num_frames(v) > 0]
     if not ids:
         raise RunError(f"{cache_dir}: no video left to pre-train on")
-    videos = Videos(cache, ids)
+    videos = open_videos(cache, ids, cfg, log)
     mean, proj = (torch.from_numpy(a) for a in
                   principal_components(videos, range(len(ids)), max(targets, cfg.pca_dims), rng))
     std = torch.from_numpy(feature_std(videos, rng)).to(device)
@@ -108,6 +109,7 @@ def pretrain(cache_dir: str | os.PathLike, out_dir: str | os.PathLike, config: C
         for b in range(0, len(perm), cfg.batch_size):
             sel = perm[b:b + cfg.batch_size]
             x, t, m = train_batch(videos, sel, cfg, rng, device)
+            videos.prefetch(upcoming(perm, b, cfg.batch_size))
             target = (x - mean_t) @ proj_t  # what the clean frames were, dropped ones included
             xa, ma = augment(x, m, cfg, std, rng)
             pred = decoder(model.embed(xa, t, ma), t)

@@ -35,17 +35,20 @@ from storage.device import pick_device
 from storage.durable import TMP_MARK
 from storage.files import write_json
 from temporal.checkpoint import CHECKPOINT, checkpoint_state, load_checkpoint, save_checkpoint
-from temporal.config import Config, ConfigError, as_config
+from temporal.config import Config, ConfigError, as_config, memory_bytes
 from temporal.data import (
+    AnyVideos,
     Clip,
     Videos,
     collate,
     eval_batches,
     eval_clips,
     frame_sample,
+    load_videos,
     principal_components,
     prototypes,
     sample_frames,
+    upcoming,
 )
 from temporal.labels import LabelError, Labels, check_classes, match_cache, read_labels, train_subset
 from temporal.metrics import METRICS, better, clean, compute_metrics, scores_loss
@@ -67,7 +70,7 @@ class RunError(ValueError):
 @dataclass
 class Data:
     labels: Labels  # row i of labels is video i of videos
-    videos: Videos
+    videos: AnyVideos
     train: list[int]  # rows (after train_fraction)
     val: list[int]
     test: list[int]
@@ -93,9 +96,19 @@ def load_data(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, cfg: 
         check_classes(labels, train)
     for note in notes:
         log(f"note: {note}")
-    videos = Videos(cache, labels.ids)
+    videos = open_videos(cache, labels.ids, cfg, log)
     return Data(labels, videos, train, labels.rows("val"), labels.rows("test"), cache.fingerprint,
                 cache.info.get("provenance") or {})
+
+
+def open_videos(cache, ids: list[str], cfg: Config, log=print) -> AnyVideos:
+    """The videos `ids` in memory, or read from the shards as needed when they exceed memory_budget."""
+    budget = memory_bytes(cfg.memory_budget)
+    videos = load_videos(cache, ids, budget)
+    if videos.lazy:
+        log(f"note: the features exceed memory_budget {cfg.memory_budget} ({budget / 2**20:.0f} MiB): "
+            "reading them from the shards as batches need them")
+    return videos
 
 
 def remap_classes(labels: Labels, classes: list[str]) -> Labels:
@@ -166,7 +179,7 @@ def targets_tensor(data: Data, rows, mean: float, std: float) -> torch.Tensor:
     return torch.from_numpy(y)
 
 
-def fit_without_labels(model: torch.nn.Module, videos: Videos, rows, cfg: Config,
+def fit_without_labels(model: torch.nn.Module, videos: AnyVideos, rows, cfg: Config,
                        pca: tuple[np.ndarray, np.ndarray] | None = None) -> None:
     """Fit what STAN takes from the frames alone before training, on videos `rows` (no label read):
     the PCA input map (`pca_dims`, or `pca` when already computed) and the event prototypes."""
@@ -182,18 +195,17 @@ def fit_without_labels(model: torch.nn.Module, videos: Videos, rows, cfg: Config
         events.fit(torch.from_numpy(prototypes(X, cfg.events, cfg.seed)))
 
 
-def train_batch(videos: Videos, rows, cfg: Config, rng: np.random.Generator, device: torch.device):
+def train_batch(videos: AnyVideos, rows, cfg: Config, rng: np.random.Generator, device: torch.device):
     """One training batch: `cfg.frames` frames sampled from each video, padded, on the device."""
     clips = [Clip(int(i), sample_frames(int(videos.lengths[i]), cfg.frames, cfg.sampling, rng)) for i in rows]
     return collate(videos, clips, device)
 
 
-def feature_std(videos: Videos, rng: np.random.Generator, max_frames: int = 5000) -> np.ndarray:
+def feature_std(videos: AnyVideos, rng: np.random.Generator, max_frames: int = 5000) -> np.ndarray:
     """[D] float32: each feature's spread over (a sample of) the videos' frames; noise is scaled by it."""
     v = rng.integers(len(videos), size=max_frames)
-    f = [int(rng.integers(videos.lengths[i])) for i in v]
-    x = np.stack([videos.feats[i][j] for i, j in zip(v, f, strict=True)]).astype(np.float32)
-    return x.std(0) + 1e-6
+    f = np.array([int(rng.integers(videos.lengths[i])) for i in v], dtype=np.int64)
+    return videos.gather(v, f).astype(np.float32).std(0) + 1e-6
 
 
 def augment(x: torch.Tensor, mask: torch.Tensor, cfg: Config, std: torch.Tensor | None,
@@ -227,7 +239,7 @@ def optimizer_step(opt: torch.optim.Optimizer, params: torch.nn.Module, loss: to
 
 
 @torch.inference_mode()
-def predict(model: torch.nn.Module, videos: Videos, rows: list[int], cfg: Config, task: str,
+def predict(model: torch.nn.Module, videos: AnyVideos, rows: list[int], cfg: Config, task: str,
             device: torch.device) -> np.ndarray:
     """Scores per row (probabilities; standardised predictions for regression), averaged over views."""
     model.eval()
@@ -235,8 +247,10 @@ def predict(model: torch.nn.Module, videos: Videos, rows: list[int], cfg: Config
     where = {v: r for r, v in enumerate(rows)}
     sums: np.ndarray | None = None
     counts = np.zeros(len(rows))
-    for batch in eval_batches(clips, cfg.batch_size * cfg.frames):
+    batches = eval_batches(clips, cfg.batch_size * cfg.frames)
+    for k, batch in enumerate(batches):
         x, t, m = collate(videos, batch, device)
+        videos.prefetch(c.video for c in (batches[k + 1] if k + 1 < len(batches) else []))  # next one
         with autocast(device):
             s = to_scores(task, model(x, t, m)).cpu().numpy().astype(np.float64)
         if sums is None:
@@ -377,7 +391,7 @@ def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: 
     total, warm = cfg.epochs * steps_per_epoch, round(cfg.warmup * steps_per_epoch)
     kind = f"{task}-label task | {len(classes)} classes" if classes else "regression task"
     log(f"{kind} | videos: {len(data.train)} train, {len(data.val)} val, {len(data.test)} test "
-        f"({data.videos.nbytes / 2**20:.1f} MiB of features in memory) | "
+        f"({_held(data.videos)}) | "
         f"{cfg.model} {cfg.streams}/{cfg.fusion}, {n_params / 1e6:.2f}M params on {device}")
     note = full_length_note(cfg, data.videos.lengths)
     if note:
@@ -406,6 +420,7 @@ def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: 
         for b in range(0, len(perm), cfg.batch_size):
             rows = perm[b:b + cfg.batch_size]
             x, t, m = train_batch(data.videos, rows, cfg, rng, device)
+            data.videos.prefetch(upcoming(perm, b, cfg.batch_size))  # read while this step computes
             x, m = augment(x, m, cfg, std, rng)
             y = y_all[torch.from_numpy(rows)].to(device)
             lr = lr_at(step, total, warm, cfg.lr)
@@ -463,10 +478,17 @@ def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: 
     return out
 
 
+def _held(videos: AnyVideos) -> str:
+    if videos.lazy:
+        return f"features read lazily, at most {videos.store.budget / 2**20:.0f} MiB held"
+    return f"{videos.nbytes / 2**20:.1f} MiB of features in memory"
+
+
 def check_resumable(out: Path, state: dict, cfg: Config, fingerprint: dict) -> None:
-    """A checkpoint continues only the run that wrote it: same options (device aside), same cache."""
-    saved = {k: v for k, v in state["config"].items() if k != "device"}
-    now = {k: v for k, v in cfg.to_dict().items() if k != "device"}
+    """A checkpoint continues only the run that wrote it: same options (device, memory aside), same cache."""
+    free = ("device", "memory_budget")  # where and how the features are held: the run is the same
+    saved = {k: v for k, v in state["config"].items() if k not in free}
+    now = {k: v for k, v in cfg.to_dict().items() if k not in free}
     if saved != now:
         diff = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now))
                          if saved.get(k) != now.get(k))
@@ -493,7 +515,7 @@ def _write_history(path: Path, rows: list[dict]) -> None:
 
 # ---------------------------------------------------------------- evaluate
 
-EVAL_OVERRIDES = ("eval_mode", "eval_views", "batch_size", "device")
+EVAL_OVERRIDES = ("eval_mode", "eval_views", "batch_size", "device", "memory_budget")
 
 
 def read_meta(run_dir: str | os.PathLike) -> dict:
@@ -525,7 +547,7 @@ class Run:
     def classes(self) -> list[str]:
         return self.meta["classes"]
 
-    def scores(self, videos: Videos, rows: list[int]) -> np.ndarray:
+    def scores(self, videos: AnyVideos, rows: list[int]) -> np.ndarray:
         """Scores of videos `rows`: probabilities [N, C], or regression values [N] in the label's unit."""
         return label_units(predict(self.model, videos, rows, self.config, self.task, self.device), self.meta)
 

@@ -3,8 +3,9 @@
     FAULT=kill:<k>:<stage>  SIGKILL this process during the k-th shard commit (k from 1), at
                             stage `begin` (data written, no per-video arrays yet), `fsync` (shard
                             complete and flushed, not yet renamed), `renamed` (renamed, no index
-                            entry yet) or `indexed` (index entry renamed into place, its folder
-                            not yet fsynced)
+                            entry yet), `indexed` (index entry renamed into place, its folder
+                            not yet fsynced) or `entry` (data complete, just before the entry
+                            is written: on an object store, the one step that commits)
     FAULT=enospc:<k>        the k-th shard commit fails with OSError(ENOSPC)
     FAULT=enospc-append     the first write of feature rows fails with OSError(ENOSPC)
     FAULT=enospc-failures   appending to failures.jsonl fails with OSError(ENOSPC)
@@ -21,6 +22,7 @@ import sys
 
 import storage.cache
 import storage.durable as durable
+import storage.index
 import storage.shard as shard
 
 
@@ -61,8 +63,16 @@ def install(spec: str) -> None:
             if commits[0] == k and stage == "fsync" and not is_dir and durable.TMP_MARK in path.name:
                 die()  # hdf5: the temporary file is flushed, not renamed
 
+        orig_entry = storage.index.write_entry
+
+        def write_entry(root, entry):
+            if commits[0] == k and stage == "entry":
+                die()
+            orig_entry(root, entry)
+
         shard.ShardWriter.commit = commit
         durable.fsync_tree, durable.fsync_file = fsync_tree, fsync_file
+        storage.index.write_entry = write_entry
     elif kind == "enospc":
         k = int(rest[0])
 

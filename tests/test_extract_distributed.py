@@ -1,6 +1,8 @@
-"""The dask path: tasks a scheduler can unpickle without this project, and the lease on the cache lock."""
+"""The dask path: tasks a scheduler can unpickle without this project, the lease on the cache lock,
+task sizes, and a driver that checks what workers report (a worker without the cache's file system)."""
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -12,11 +14,16 @@ import pytest
 from dask._task_spec import Task
 from distributed.protocol.pickle import dumps
 
+import extract.distributed
+import storage
 from extract import run
+from extract.config import ExtractError
 from extract.decoder import PKG_ROOT
-from extract.distributed import by_value, lease_ok, on_worker
+from extract.discover import groups_of
+from extract.distributed import by_value, lease_ok, on_worker, shard_task, task_size
 from extract.synth import write_video
-from tests.testing import REPO, assert_same, index_frames, tiny
+from tests.test_console import clean_console  # noqa: F401 - a fixture
+from tests.testing import REPO, TINY_CLI, assert_same, index_frames, tiny
 
 # Imported first in a subprocess: from then on, nothing of this project can be imported there.
 NO_PROJECT = """
@@ -74,7 +81,7 @@ def test_lease_follows_the_driver_holding_the_cache_lock(tmp_path):
     driver = holder()
     assert lease_ok(root, driver.pid, host)
     assert not lease_ok(root, os.getpid(), host)  # not the process that holds it
-    assert lease_ok(root, driver.pid + 1, "another-host")  # another host's processes cannot be seen
+    assert not lease_ok(root, driver.pid, "another-host")  # .lock names this host as the holder's
     driver.stdin.close()
     driver.wait(timeout=60)
     assert not lease_ok(root, driver.pid, host)  # released
@@ -83,6 +90,34 @@ def test_lease_follows_the_driver_holding_the_cache_lock(tmp_path):
     killed.send_signal(signal.SIGKILL)
     killed.wait(timeout=60)
     assert not lease_ok(root, killed.pid, host)  # its pid is still in .lock, but nobody holds the lock
+
+
+def test_the_lease_of_a_driver_on_another_host_is_its_record_in_the_lock_file(tmp_path):
+    """Another host's flock and processes cannot be seen: the lock file must name that very driver."""
+    root = tmp_path / "cache"
+    root.mkdir()
+    assert not lease_ok(root, 123, "far-host")  # no lock file at all (e.g. not the driver's file system)
+    (root / ".lock").write_text("pid 123 host far-host")
+    assert lease_ok(root, 123, "far-host")
+    assert not lease_ok(root, 124, "far-host") and not lease_ok(root, 123, "other-host")
+    (root / ".lock").write_text("pid 77 host far-host")  # another run took the lock since
+    assert not lease_ok(root, 123, "far-host")
+    (root / ".lock").write_text("")  # released
+    assert not lease_ok(root, 123, "far-host")
+
+
+def test_tasks_are_smaller_than_a_shard_when_workers_outnumber_the_shards():
+    assert len(groups_of(list(range(10)), task_size(10, 16, 4))) >= 4
+    assert task_size(10, 16, 4) == 3 and task_size(100, 16, 4) == 16 and task_size(3, 32, 8) == 1
+    assert task_size(0, 16, 4) == 1 and task_size(5, 2, 0) == 2
+
+
+def test_a_worker_that_cannot_see_the_cache_says_so_without_extracting(tmp_path):
+    shard = tmp_path / "elsewhere" / "shards" / "part-00000.zarr"
+    res = shard_task({"bogus": "config never read"}, [("/v/a.mp4", "a.mp4")], str(shard), 1, "h", 1)
+    assert set(res) == {"unshared", "host"} and res["host"] == socket.gethostname()
+    assert str(tmp_path / "elsewhere" / "cache.json") in res["unshared"]
+    assert socket.gethostname() in res["unshared"]
 
 
 @pytest.mark.slow
@@ -120,3 +155,96 @@ def test_a_scheduler_without_the_project_runs_the_extraction(tmp_path):
                 p.terminate()
                 p.wait(timeout=60)
     assert "this project is not installed here" not in scheduler.stderr.read()
+
+
+def _videos(tmp_path, lengths=(20, 30, 12)):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for i, n in enumerate(lengths):
+        write_video(videos / f"v{i}.mp4", index_frames(n, (48, 64)), fps=10)
+    return videos
+
+
+@pytest.mark.slow
+def test_few_videos_are_spread_over_the_workers_and_the_dashboard_is_reported(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="extract")
+    videos = _videos(tmp_path)
+    out = tmp_path / "cache"
+    s = run(tiny(workers=2, videos_per_shard=32), videos, out)
+    assert s.ok and s.done == 3, s
+    assert len(s.shards) == len(storage.shard_paths(out)) == 2  # 3 videos, 2 workers: 2 + 1, not one task
+    assert storage.verify(out).ok
+    err = caplog.text
+    try:
+        import bokeh  # noqa: F401
+
+        assert "dashboard at http" in err, err
+    except ImportError:
+        assert "no dashboard (it needs bokeh" in err, err
+
+
+def _worker_disk(monkeypatch, tmp_path, harm):
+    """Let `harm(shard path)` act on each shard a worker reports, before the driver looks at it."""
+    real = extract.distributed.shard_results
+
+    def results(plan):
+        for g, res in real(plan):
+            if res.get("committed"):
+                harm(plan.shards[g])
+            yield g, res
+
+    monkeypatch.setattr(extract.distributed, "shard_results", results)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("clean_console")  # main() sets up logging: restored after
+def test_a_shard_the_driver_cannot_find_fails_the_run_naming_the_worker_and_the_path(
+        tmp_path, monkeypatch, capfd):
+    """A worker with its own disk at the cache's path: its shard and index entry are not where the
+    driver looks. Simulated by moving them away as the worker reports them."""
+    videos = _videos(tmp_path)
+    out = tmp_path / "cache"
+
+    def elsewhere(shard):
+        cache = shard.parent.parent
+        away = tmp_path / "worker-disk" / cache.name
+        away.mkdir(parents=True, exist_ok=True)
+        os.replace(shard, away / shard.name)
+        entry = storage.index.entry_path(cache, shard.name)
+        os.replace(entry, away / entry.name)
+
+    _worker_disk(monkeypatch, tmp_path, elsewhere)
+    with pytest.raises(ExtractError) as e:
+        run(tiny(workers=1), videos, out)
+    msg = str(e.value)
+    assert "do not share the cache's file system" in msg and socket.gethostname() in msg, msg
+    assert str(out / "shards" / "part-00000.zarr") in msg and "--out" in msg, msg
+    # part-00000 (v0, v1) is not counted; part-00001 (v2) may have been committed before the stop
+    assert set(storage.open_cache(out).video_ids) <= {"v2.mp4"}
+    # the command line exits non-zero with that message
+    from extract.__main__ import main
+
+    args = ["--videos", str(videos), "--out", str(tmp_path / "cli"), "--workers", "1", *TINY_CLI]
+    capfd.readouterr()
+    assert main(args) == 2
+    assert "do not share the cache's file system" in capfd.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_damaged_shard_a_worker_reports_is_not_counted(tmp_path, monkeypatch):
+    videos = _videos(tmp_path)
+    out = tmp_path / "cache"
+
+    def damage(shard):
+        for chunk in (shard / "features" / "c").rglob("*"):
+            if chunk.is_file():
+                chunk.write_bytes(b"\0" * chunk.stat().st_size)
+
+    _worker_disk(monkeypatch, tmp_path, damage)
+    s = run(tiny(workers=1), videos, out)
+    assert not s.ok and s.done == 0 and s.failed == 3, s
+    assert all("fails verification" in r and "quarantine" in r for r in s.failures.values()), s.failures
+    assert storage.open_cache(out).video_ids == [] and (out / "quarantine" / "part-00000.zarr").exists()
+    monkeypatch.undo()
+    s = run(tiny(workers=1), videos, out)  # the next run extracts them again
+    assert s.ok and s.done == 3 and storage.verify(out).ok

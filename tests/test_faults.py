@@ -87,6 +87,26 @@ def test_sigkill_at_every_commit_stage_then_resume(vids, ref, tmp_path, fmt):
     assert_complete(ref, out)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["zarr", "hdf5"])
+def test_sigkill_before_the_entry_on_an_object_store_then_resume(vids, ref, tmp_path, fmt):
+    """The object-store protocol (`local://`: objects at their final name, then the entry as one
+    write), killed with a shard's data complete: invisible, cleaned by the next run, which completes."""
+    url = f"local://{tmp_path / 'cache'}"
+    proc = faulty("kill:2:entry", vids, url, "--format", fmt)
+    assert proc.returncode == -9, proc.stderr
+    orphan = tmp_path / "cache" / "shards" / f"part-00001{'.zarr' if fmt == 'zarr' else '.h5'}"
+    assert orphan.exists() and not list(orphan.parent.glob("*.tmp-*"))  # written in place, no entry
+    assert (tmp_path / "cache" / ".lock").exists()  # the killed holder's lock object
+    assert len(storage.open_cache(url)) == 1
+    rep = storage.verify(url)
+    assert rep.ok and any("no index entry" in n for n in rep.notes), rep
+    s = run(tiny(videos_per_shard=1, format=fmt), vids, url)  # takes over the dead holder's lock
+    assert s.ok and s.skipped == 1 and s.done == N_VIDEOS - 1
+    assert storage.verify(url).ok and not orphan.exists() and not (tmp_path / "cache" / ".lock").exists()
+    assert_same(ref, url)
+
+
 # ---------------------------------------------------------------------------------------------
 # 2. hostile inputs
 
@@ -258,7 +278,7 @@ def _lock_holder(cache: Path, procs: list[subprocess.Popen]) -> subprocess.Popen
     by_pid = {p.pid: p for p in procs}
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and any(p.poll() is None for p in procs):
-        m = re.fullmatch(rb"pid (\d+)", _read(cache / ".lock").strip())
+        m = re.fullmatch(rb"pid (\d+) host \S+", _read(cache / ".lock").strip())
         if m and int(m[1]) in by_pid:
             return by_pid[int(m[1])]
         time.sleep(0.01)

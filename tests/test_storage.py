@@ -1,5 +1,6 @@
 import json
 import os
+import socket
 
 import h5py
 import numpy as np
@@ -86,7 +87,8 @@ def test_uncommitted_shard_is_invisible_and_cleaned(tmp_path, monkeypatch):
     assert any("no index entry" in n for n in rep.notes)
     with storage.CacheWriter(tmp_path, dim=16, dtype="float16", fingerprint=FP) as w:
         assert w.committed_ids() == {"done.mp4"}
-        assert w.allocate_shard().name == "part-00001.zarr"
+        # never a name seen before (00001 temporary, 00002 uncommitted): a straggler cannot write into it
+        assert w.allocate_shard().name == "part-00003.zarr"
     assert not [p for p in (tmp_path / "shards").iterdir() if ".tmp-" in p.name]
     assert not late.path.exists()
 
@@ -330,7 +332,7 @@ def test_a_refused_writer_names_the_holder_even_before_it_wrote_its_pid(tmp_path
         late.join()
         os.close(fd)
     with storage.CacheWriter(root, dim=4, dtype="float16", fingerprint={}):
-        assert (root / ".lock").read_text() == f"pid {os.getpid()}"
+        assert (root / ".lock").read_text() == f"pid {os.getpid()} host {socket.gethostname()}"
     assert (root / ".lock").read_text() == ""  # released: no pid left to mislead the next reader
 
 
