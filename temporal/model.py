@@ -189,30 +189,31 @@ class InputProjection(nn.Module):
 
 
 class EventSummary(nn.Module):
-    """What kinds of shot occur, when, how often and in which order. Each frame is softly assigned
-    to K learned prototypes (cosine similarity, a learned temperature); per prototype: its share of
-    the frames, its mean position (a fraction of the video) and its number of onsets (entries into
-    it); per pair of prototypes (j, k): how likely a frame of j comes before a frame of k. These
-    map to one [B, dim] vector. Order, position and repetition of short events are then a few
-    numbers apart, where a transformer must find them among a hundred frame tokens; an order of
-    three events is a sign pattern of three pairwise numbers, linear for the head. The prototypes
-    start as k-means centres of unlabelled frames (`fit`) and are fine-tuned."""
+    """What kinds of shot occur, when and how often. Each frame is softly assigned to K learned
+    prototypes (cosine similarity, a learned temperature); per prototype: its share of the frames,
+    its mean position (a fraction of the video) and its number of onsets (entries into it); with
+    `pairs`, also per pair of prototypes (j, k) how likely a frame of j comes before a frame of k.
+    These map to one [B, dim] vector. Order, position and repetition of short events are then a
+    few numbers apart, where a transformer must find them among a hundred frame tokens. The
+    prototypes start as k-means centres of unlabelled frames (`fit`) and are fine-tuned."""
 
-    def __init__(self, in_dim: int, k: int, dim: int):
+    def __init__(self, in_dim: int, k: int, dim: int, pairs: bool = False):
         super().__init__()
         self.protos = nn.Parameter(F.normalize(torch.randn(k, in_dim), dim=-1))
         self.log_scale = nn.Parameter(torch.tensor(math.log(20.0)))  # 1 / temperature
-        self.pairs = torch.triu_indices(k, k, offset=1)
-        width = 3 * k + self.pairs.shape[1]
-        self.proj = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, dim))
+        self.proj = nn.Sequential(nn.LayerNorm(3 * k), nn.Linear(3 * k, dim))
+        self.pairs = torch.triu_indices(k, k, offset=1) if pairs else None
+        if pairs:  # apart and with dropout: K(K-1)/2 numbers, most about shots in random order
+            n = k * (k - 1) // 2
+            self.proj_pairs = nn.Sequential(nn.LayerNorm(n), nn.Dropout(0.5), nn.Linear(n, dim))
 
     def fit(self, centres: torch.Tensor) -> None:
         with torch.no_grad():
             self.protos[: len(centres)] = centres
 
     def stats(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """[B, 3K + K(K-1)/2]: each prototype's share of the frames, mean position in [0, 1] and
-        number of onsets; for each pair j < k, the chance that a frame of j precedes one of k."""
+        """[B, 3K (+ K(K-1)/2)]: each prototype's share of the frames, mean position in [0, 1] and
+        number of onsets; with pairs, for each j < k the chance that a frame of j precedes one of k."""
         m = mask[..., None].to(x.dtype)
         sim = F.normalize(x, dim=-1) @ F.normalize(self.protos, dim=-1).T
         a = torch.softmax(sim * self.log_scale.exp(), dim=-1) * m  # [B, T, K], padding 0
@@ -220,17 +221,22 @@ class EventSummary(nn.Module):
         first, last = t[:, :1], t.amax(1, keepdim=True)
         r = ((t - first) / (last - first).clamp(min=1e-6))[..., None]  # 0 at the first frame, 1 at the last
         n = a.sum(1)
-        eps = 0.1  # a prototype absent from the video sits in its middle, and precedes with chance 1/2
+        eps = 0.1  # a prototype absent from the video sits in its middle (and precedes with chance 1/2)
         where = ((a * r).sum(1) + 0.5 * eps) / (n + eps)
         onsets = F.relu(a - F.pad(a, (0, 0, 1, 0))[:, :-1]).sum(1)
-        later = n[:, None] - a.cumsum(1)  # [B, T, K]: assignment mass strictly after frame i
-        before = torch.einsum("btj,btk->bjk", a, later)  # frames are in time order
-        j, k = self.pairs.to(x.device)
-        before = (before[:, j, k] + 0.5 * eps) / (n[:, j] * n[:, k] + eps)
-        return torch.cat([n / m.sum(1).clamp(min=1), where, onsets, before], dim=-1)
+        out = [n / m.sum(1).clamp(min=1), where, onsets]
+        if self.pairs is not None:
+            later = n[:, None] - a.cumsum(1)  # [B, T, K]: assignment mass strictly after frame i
+            before = torch.einsum("btj,btk->bjk", a, later)  # frames are in time order
+            j, k = self.pairs.to(x.device)
+            out.append((before[:, j, k] + 0.5 * eps) / (n[:, j] * n[:, k] + eps))
+        return torch.cat(out, dim=-1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.stats(x, t, mask))
+        s = self.stats(x, t, mask)
+        k = 3 * len(self.protos)
+        z = self.proj(s[:, :k])
+        return z if self.pairs is None else z + self.proj_pairs(s[:, k:])
 
 
 class STAN(nn.Module):
@@ -240,7 +246,7 @@ class STAN(nn.Module):
         use_s, use_t = cfg.streams in ("both", "spatial"), cfg.streams in ("both", "temporal")
         self.project = InputProjection(in_dim, cfg.pca_dims) if cfg.pca_dims else None
         in_dim = cfg.pca_dims or in_dim
-        self.events = EventSummary(in_dim, cfg.events, cfg.dim) if cfg.events else None
+        self.events = EventSummary(in_dim, cfg.events, cfg.dim, cfg.event_pairs) if cfg.events else None
         self.spatial = SpatialStream(cfg, in_dim) if use_s else None
         self.temporal = TemporalStream(cfg, in_dim) if use_t else None
         both = use_s and use_t

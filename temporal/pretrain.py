@@ -46,7 +46,8 @@ from temporal.train import (
 PRETRAIN_FORMAT = 1
 # the options that shape the weights: a fine-tuning run must agree on all of them
 ARCHITECTURE = ("model", "streams", "fusion", "dim", "heads", "depth_spatial", "depth_temporal",
-                "depth_fusion", "clip_len", "mlp_ratio", "time_encoding", "pool", "pca_dims", "events")
+                "depth_fusion", "clip_len", "mlp_ratio", "time_encoding", "pool", "pca_dims", "events",
+                "event_pairs")
 
 
 class Decoder(nn.Module):
