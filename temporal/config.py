@@ -47,7 +47,7 @@ class Config:
     dropout: float = 0.1
     time_encoding: str = "timestamp"  # timestamp (seconds) | index (frame position) | none
     pool: str = "mean"  # a stream's summary: its CLS token | the mean of its frame tokens | both
-    events: int = 48  # K>0: an event summary (share, mean position, onsets of K learned prototypes); 0: off
+    events: int = 24  # K>0: an event summary (share, mean position, onsets of K learned prototypes); 0: off
     event_pairs: bool = False  # the event summary adds, per pair of prototypes, which comes first
     pca_dims: int = 0  # >0: STAN reads the frames' leading principal components (whitened), 0: raw features
     # --- data ---
