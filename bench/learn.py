@@ -9,12 +9,22 @@ another variant, `pretrain_epochs=N` pre-trains on the cache first (once per arc
 without the test split's videos), `linear` names the mean-pool linear probe. Results are appended
 to OUT/results.jsonl (finished ones are skipped on a re-run); the last line printed is a JSON
 summary: mean and std over seeds of each task's main test metric (accuracy, or r2).
+
+A sweep: `--grid KEY=V1/V2/...` (repeatable) adds one variant per combination of the values, on top
+of `--grid-base NAME`; `--choose` then ranks every variant run by its val score (the main val
+metric averaged over seeds, then over tasks), per train fraction, and prints the winner with its
+test figures. The val split chooses; the test split only reports.
+
+    python bench/learn.py --cache eb/cache --labels eb/labels --tasks order,count,where \
+        --grid lr=5e-4/1e-3/2e-3 --grid dropout=0.1/0.3 --seeds 0,1,2 --fractions 0.25,1.0 \
+        --choose --out runs/sweep --jobs 2
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import os
 import sys
@@ -35,13 +45,47 @@ def parse_variant(text: str, known: dict[str, dict]) -> tuple[str, dict]:
     over: dict = {}
     for item in filter(None, rest.split(",")):
         k, _, v = item.partition("=")
-        try:
-            over[k.strip()] = json.loads(v)
-        except json.JSONDecodeError:
-            over[k.strip()] = v
+        over[k.strip()] = parse_value(v)
     if "base" in over:
         over = {**known[over.pop("base")], **over}
     return name, over
+
+
+def grid_variants(grid: list[str], base: dict) -> dict[str, dict]:
+    """One variant per combination of `KEY=V1/V2/...` values, each over `base`, named by its values."""
+    axes = []
+    for text in grid:
+        key, _, values = text.partition("=")
+        axes.append([(key.strip(), parse_value(v)) for v in values.split("/")])
+    return {" ".join(f"{k}={v}" for k, v in combo): {**base, **dict(combo)}
+            for combo in itertools.product(*axes)}
+
+
+def parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def choose(results: list[dict], tasks: dict[str, str], variants: list[str]) -> dict[str, dict]:
+    """Per train fraction, the variant with the best val score: the main val metric averaged over
+    seeds, then over tasks (a variant missing a task's val metric ranks last)."""
+    best: dict[str, dict] = {}
+    for frac in sorted({f"{r['fraction']:g}" for r in results}, key=float):
+        rows = []
+        for v in variants:
+            per_task = []
+            for t, kind in tasks.items():
+                vals = [(r.get("val") or {}).get(MAIN[kind]) for r in results
+                        if r["variant"] == v and r["task"] == t and f"{r['fraction']:g}" == frac]
+                vals = [x for x in vals if x is not None]
+                per_task.append(float(np.mean(vals)) if vals else -np.inf)
+            rows.append((float(np.mean(per_task)), v))
+        rows.sort(reverse=True)
+        best[frac] = {"variant": rows[0][1], "val_score": round(rows[0][0], 4),
+                      "ranking": [[v, round(score, 4)] for score, v in rows]}
+    return best
 
 
 def _quiet(*_a, **_k) -> None:
@@ -108,15 +152,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--only", help="run only these variants (comma-separated); the others serve as bases")
+    ap.add_argument("--grid", action="append", default=[], help="KEY=V1/V2/... (repeatable): a sweep")
+    ap.add_argument("--grid-base", help="the variant the grid starts from (default: the CLI defaults)")
+    ap.add_argument("--choose", action="store_true", help="print the variant with the best val score")
     ap.add_argument("--md", action="store_true", help="also print the summary as a Markdown table")
     a = ap.parse_args(argv)
 
     from temporal.labels import read_labels
 
     known: dict[str, dict] = {}
-    for text in a.variant or ["defaults:"]:
+    for text in a.variant or ([] if a.grid else ["defaults:"]):
         name, over = parse_variant(text, known)
         known[name] = over
+    swept = grid_variants(a.grid, known[a.grid_base] if a.grid_base else {}) if a.grid else {}
+    known.update(swept)
     tasks = {t: read_labels(Path(a.labels) / f"{t}.csv").task for t in a.tasks.split(",")}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -142,6 +191,14 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise([r for r in done if (r["task"], r["variant"]) in wanted], tasks)
     if a.md:
         print(markdown(summary, tasks, run))
+    if a.choose:
+        chosen = choose([r for r in done if r["variant"] in run and r["task"] in tasks], tasks, run)
+        for frac, c in chosen.items():
+            test = {t: summary[t][c["variant"]].get(frac) for t in tasks}
+            print(f"chosen on val at {float(frac):.0%} of the labels: {c['variant']} (val score "
+                  f"{c['val_score']}); test: " + ", ".join(
+                      f"{t} {x['mean']:.3f} ± {x['std']:.3f}" for t, x in test.items() if x), file=sys.stderr)
+        summary = {"results": summary, "chosen": chosen}
     print(json.dumps(summary))
     return 0
 

@@ -48,7 +48,7 @@ class Config:
     time_encoding: str = "timestamp"  # timestamp (seconds) | index (frame position) | none
     pool: str = "mean"  # a stream's summary: its CLS token | the mean of its frame tokens | both
     events: int = 24  # K>0: an event summary (share, mean position, onsets of K learned prototypes); 0: off
-    event_pairs: bool = False  # the event summary adds, per pair of prototypes, which comes first
+    event_pairs: int = 0  # r>0: the event summary also reads which prototype comes first, per pair (rank r)
     pca_dims: int = 0  # >0: STAN reads the frames' leading principal components (whitened), 0: raw features
     # --- data ---
     task: str = "auto"  # auto | single | multi | regression
@@ -96,7 +96,7 @@ class Config:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"temporal option {name} must be > 0, got {getattr(self, name)}")
         for name in ("depth_spatial", "depth_temporal", "depth_fusion", "weight_decay", "warmup",
-                     "grad_clip", "patience", "mlp_ratio", "pca_dims", "events"):
+                     "grad_clip", "patience", "mlp_ratio", "pca_dims", "events", "event_pairs"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"temporal option {name} must be >= 0, got {getattr(self, name)}")
         if not is_device_name(self.device):

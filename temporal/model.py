@@ -192,20 +192,27 @@ class EventSummary(nn.Module):
     """What kinds of shot occur, when and how often. Each frame is softly assigned to K learned
     prototypes (cosine similarity, a learned temperature); per prototype: its share of the frames,
     its mean position (a fraction of the video) and its number of onsets (entries into it); with
-    `pairs`, also per pair of prototypes (j, k) how likely a frame of j comes before a frame of k.
-    These map to one [B, dim] vector. Order, position and repetition of short events are then a
-    few numbers apart, where a transformer must find them among a hundred frame tokens. The
-    prototypes start as k-means centres of unlabelled frames (`fit`) and are fine-tuned."""
+    `pairs` = r > 0, also per pair of prototypes (j, k) how likely a frame of j comes before a
+    frame of k, read through r x r bilinear forms. These map to one [B, dim] vector. Order,
+    position and repetition of short events are then a few numbers apart, where a transformer must
+    find them among a hundred frame tokens. The prototypes start as k-means centres of unlabelled
+    frames (`fit`) and are fine-tuned."""
 
-    def __init__(self, in_dim: int, k: int, dim: int, pairs: bool = False):
+    def __init__(self, in_dim: int, k: int, dim: int, pairs: int = 0):
         super().__init__()
         self.protos = nn.Parameter(F.normalize(torch.randn(k, in_dim), dim=-1))
         self.log_scale = nn.Parameter(torch.tensor(math.log(20.0)))  # 1 / temperature
         self.proj = nn.Sequential(nn.LayerNorm(3 * k), nn.Linear(3 * k, dim))
-        self.pairs = torch.triu_indices(k, k, offset=1) if pairs else None
-        if pairs:  # apart and with dropout: K(K-1)/2 numbers, most about shots in random order
-            n = k * (k - 1) // 2
-            self.proj_pairs = nn.Sequential(nn.LayerNorm(n), nn.Dropout(0.5), nn.Linear(n, dim))
+        self.pairs = pairs
+        self.register_buffer("upper", torch.triu_indices(k, k, offset=1), persistent=False)
+        if pairs:
+            # The K(K-1)/2 pair numbers are mostly about shots in random order: read directly, a
+            # hundred videos are memorised through them (count fell to chance). r x r bilinear
+            # forms u_a^T D v_b share their weights across pairs: a few numbers, enough to say
+            # which of three events comes first.
+            self.u = nn.Parameter(torch.randn(k, pairs) / math.sqrt(k))
+            self.v = nn.Parameter(torch.randn(k, pairs) / math.sqrt(k))
+            self.proj_pairs = nn.Sequential(nn.LayerNorm(pairs * pairs), nn.Linear(pairs * pairs, dim))
 
     def fit(self, centres: torch.Tensor) -> None:
         with torch.no_grad():
@@ -225,18 +232,24 @@ class EventSummary(nn.Module):
         where = ((a * r).sum(1) + 0.5 * eps) / (n + eps)
         onsets = F.relu(a - F.pad(a, (0, 0, 1, 0))[:, :-1]).sum(1)
         out = [n / m.sum(1).clamp(min=1), where, onsets]
-        if self.pairs is not None:
+        if self.pairs:
             later = n[:, None] - a.cumsum(1)  # [B, T, K]: assignment mass strictly after frame i
             before = torch.einsum("btj,btk->bjk", a, later)  # frames are in time order
-            j, k = self.pairs.to(x.device)
+            j, k = self.upper
             out.append((before[:, j, k] + 0.5 * eps) / (n[:, j] * n[:, k] + eps))
         return torch.cat(out, dim=-1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         s = self.stats(x, t, mask)
-        k = 3 * len(self.protos)
-        z = self.proj(s[:, :k])
-        return z if self.pairs is None else z + self.proj_pairs(s[:, k:])
+        k = len(self.protos)
+        z = self.proj(s[:, :3 * k])
+        if not self.pairs:
+            return z
+        d = s.new_zeros(len(s), k, k)
+        d[:, self.upper[0], self.upper[1]] = 2 * s[:, 3 * k:] - 1
+        d = d - d.transpose(1, 2)  # +1: j comes before k, -1: after, 0: no telling
+        forms = torch.einsum("jr,bjk,ks->brs", self.u, d, self.v).flatten(1)
+        return z + self.proj_pairs(forms)
 
 
 class STAN(nn.Module):

@@ -44,8 +44,8 @@ def test_every_variant_runs_forward_and_backward_with_masks(model, streams, fusi
 
 
 @pytest.mark.parametrize(("time_encoding", "events", "pairs"),
-                         [("timestamp", 0, False), ("index", 0, False), ("none", 0, False),
-                          ("timestamp", 5, False), ("timestamp", 5, True)])
+                         [("timestamp", 0, 0), ("index", 0, 0), ("none", 0, 0),
+                          ("timestamp", 5, 0), ("timestamp", 5, 2)])
 @pytest.mark.parametrize(("model", "streams", "fusion"), VARIANTS)
 def test_padding_does_not_change_the_output(model, streams, fusion, time_encoding, events, pairs):
     torch.manual_seed(0)
@@ -80,7 +80,7 @@ def test_event_summary_says_how_much_where_and_how_often():
     seq = [0] * 20 + [1] * 10 + [0] * 30 + [2] * 5 + [0] * 20 + [2] * 5 + [0] * 11  # 101 frames
     x = kinds[seq][None] + 0.01 * torch.randn(1, len(seq), 16)
     t = torch.arange(len(seq)).float()[None] * 2.0
-    m = build_model(Config(events=3, event_pairs=True, **SMALL), 16, 2).eval()
+    m = build_model(Config(events=3, event_pairs=2, **SMALL), 16, 2).eval()
     m.events.fit(kinds)
     with torch.no_grad():
         m.events.log_scale.fill_(np.log(200.0))
@@ -92,7 +92,7 @@ def test_event_summary_says_how_much_where_and_how_often():
     torch.testing.assert_close(share, torch.tensor([81, 10, 10]) / 101, atol=1e-3, rtol=0)
     torch.testing.assert_close(where[1], torch.tensor(24.5 / 100), atol=3e-3, rtol=0)
     torch.testing.assert_close(onsets, torch.tensor([4.0, 1.0, 2.0]), atol=1e-2, rtol=0)
-    reordered = build_model(Config(events=3, event_pairs=True, **SMALL), 16, 2).eval()
+    reordered = build_model(Config(events=3, event_pairs=2, **SMALL), 16, 2).eval()
     reordered.load_state_dict(m.state_dict())
     assert not torch.allclose(m(x, t, t > -1), reordered(x.flip(1), t, t > -1))  # same frames, other order
 
