@@ -69,11 +69,12 @@ def parse_value(text: str):
 
 
 def choose(results: list[dict], tasks: dict[str, str], variants: list[str]) -> dict[str, dict]:
-    """Per train fraction, the variant with the best val score: the main val metric averaged over
-    seeds, then over tasks (a variant missing a task's val metric ranks last)."""
-    best: dict[str, dict] = {}
-    for frac in sorted({f"{r['fraction']:g}" for r in results}, key=float):
-        rows = []
+    """The variant with the best val score, per train fraction and over all of them ("all"): the
+    main val metric averaged over seeds, then over tasks (and fractions); a variant missing a task's
+    val metric ranks last."""
+    fracs = sorted({f"{r['fraction']:g}" for r in results}, key=float)
+    score: dict[tuple[str, str], float] = {}
+    for frac in fracs:
         for v in variants:
             per_task = []
             for t, kind in tasks.items():
@@ -81,10 +82,13 @@ def choose(results: list[dict], tasks: dict[str, str], variants: list[str]) -> d
                         if r["variant"] == v and r["task"] == t and f"{r['fraction']:g}" == frac]
                 vals = [x for x in vals if x is not None]
                 per_task.append(float(np.mean(vals)) if vals else -np.inf)
-            rows.append((float(np.mean(per_task)), v))
-        rows.sort(reverse=True)
+            score[frac, v] = float(np.mean(per_task))
+    best: dict[str, dict] = {}
+    for frac in [*fracs, "all"]:
+        rows = sorted(((float(np.mean([score[f, v] for f in fracs])) if frac == "all" else score[frac, v], v)
+                       for v in variants), reverse=True)
         best[frac] = {"variant": rows[0][1], "val_score": round(rows[0][0], 4),
-                      "ranking": [[v, round(score, 4)] for score, v in rows]}
+                      "ranking": [[v, round(x, 4)] for x, v in rows]}
     return best
 
 
@@ -194,10 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     if a.choose:
         chosen = choose([r for r in done if r["variant"] in run and r["task"] in tasks], tasks, run)
         for frac, c in chosen.items():
-            test = {t: summary[t][c["variant"]].get(frac) for t in tasks}
-            print(f"chosen on val at {float(frac):.0%} of the labels: {c['variant']} (val score "
-                  f"{c['val_score']}); test: " + ", ".join(
-                      f"{t} {x['mean']:.3f} ± {x['std']:.3f}" for t, x in test.items() if x), file=sys.stderr)
+            where = "over every fraction" if frac == "all" else f"at {float(frac):.0%} of the labels"
+            test = {f"{t}@{f}": x for t in tasks for f, x in summary[t][c["variant"]].items()
+                    if frac in ("all", f)}
+            print(f"chosen on val {where}: {c['variant']} (val score {c['val_score']}); test: " + ", ".join(
+                f"{k} {x['mean']:.3f} ± {x['std']:.3f}" for k, x in test.items()), file=sys.stderr)
         summary = {"results": summary, "chosen": chosen}
     print(json.dumps(summary))
     return 0
