@@ -245,11 +245,15 @@ class EventSummary(nn.Module):
         z = self.proj(s[:, :3 * k])
         if not self.pairs:
             return z
+        forms = torch.einsum("jr,bjk,ks->brs", self.u, self.order(s), self.v).flatten(1)
+        return z + self.proj_pairs(forms)
+
+    def order(self, s: torch.Tensor) -> torch.Tensor:
+        """[B, K, K] from `stats` with pairs: +1 where prototype j comes before k, -1 after, 0 no telling."""
+        k = len(self.protos)
         d = s.new_zeros(len(s), k, k)
         d[:, self.upper[0], self.upper[1]] = 2 * s[:, 3 * k:] - 1
-        d = d - d.transpose(1, 2)  # +1: j comes before k, -1: after, 0: no telling
-        forms = torch.einsum("jr,bjk,ks->brs", self.u, d, self.v).flatten(1)
-        return z + self.proj_pairs(forms)
+        return d - d.transpose(1, 2)
 
 
 class STAN(nn.Module):

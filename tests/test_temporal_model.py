@@ -97,6 +97,26 @@ def test_event_summary_says_how_much_where_and_how_often():
     assert not torch.allclose(m(x, t, t > -1), reordered(x.flip(1), t, t > -1))  # same frames, other order
 
 
+def test_the_pair_readout_says_which_event_comes_first_and_flips_with_time():
+    """b (20-29 %) comes wholly before c (65-70 %, 85-90 %): D[b, c] = +1; played backwards, the
+    order matrix is negated, so the bilinear forms the head reads are too."""
+    torch.manual_seed(0)
+    kinds = torch.eye(3, 16)
+    seq = [0] * 20 + [1] * 10 + [0] * 35 + [2] * 5 + [0] * 15 + [2] * 5 + [0] * 10
+    x = kinds[seq][None] + 0.01 * torch.randn(1, len(seq), 16)
+    t = torch.arange(len(seq)).float()[None]
+    mask = torch.ones_like(t, dtype=torch.bool)
+    ev = build_model(Config(events=3, event_pairs=2, **SMALL), 16, 2).eval().events
+    ev.fit(kinds)
+    with torch.no_grad():
+        ev.log_scale.fill_(np.log(200.0))
+        d = ev.order(ev.stats(x, t, mask))[0]
+        d_back = ev.order(ev.stats(x.flip(1), t, mask))[0]
+    assert d[1, 2] > 0.99 and d[2, 1] < -0.99
+    torch.testing.assert_close(d_back, -d, atol=2e-2, rtol=0)
+    torch.testing.assert_close(d, -d.T)
+
+
 def test_the_event_summary_alone_is_an_ablation_of_the_streams():
     m = build_model(Config(streams="none", events=4, **SMALL), 16, 3).eval()
     assert m.spatial is None and m.temporal is None
