@@ -38,12 +38,13 @@ def main(argv: list[str] | None = None) -> int:
                                    "metrics, with the baselines' figures beside STAN's.")
     p.add_argument("--md", action="store_true", help="a Markdown table")
     p.add_argument("--rev", help="experiments derived from this commit (default HEAD)")
+    p.add_argument("--pipeline", help="only this folder's pipeline's metrics (eventbench; . the demo's)")
     console_options(p)
     a = ap.parse_args(argv)
     setup_console(a)
     from pipeline.report import report
 
-    return report(markdown=a.md, rev=a.rev)
+    return report(markdown=a.md, rev=a.rev, pipeline=a.pipeline)
 
 
 if __name__ == "__main__":
