@@ -22,7 +22,7 @@ import storage
 from storage.console import console_options, say, setup_console
 from storage.settings import field_types
 from temporal.baseline import BASELINE_OPTIONS
-from temporal.config import CHOICES, Config, ConfigError, as_config, load_config_file
+from temporal.config import CHOICES, Config, ConfigError, as_config, load_config_file, option_help
 from temporal.labels import LabelError
 from temporal.train import EVAL_OVERRIDES, RunError
 
@@ -36,12 +36,14 @@ def _add_config_options(p: argparse.ArgumentParser, only: tuple[str, ...] | None
     g = p.add_argument_group("model and training options (temporal.Config)")
     defaults = Config()
     types = field_types(Config)
+    described = option_help()
     for f in fields(Config):
         if only is not None and f.name not in only:
             continue
         flags = [f"--{f.name.replace('_', '-')}"]
         shown = "default: as trained" if as_trained else f"default {getattr(defaults, f.name)!r}"
-        kw: dict = {"dest": f.name, "default": None, "help": shown}
+        shown = f"{described[f.name]} ({shown})" if f.name in described else shown
+        kw: dict = {"dest": f.name, "default": None, "help": shown.replace("%", "%%")}
         kind = types[f.name][0]
         if kind is bool:
             kw["action"] = argparse.BooleanOptionalAction

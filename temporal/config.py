@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,6 +132,12 @@ class Config:
 
 class ConfigError(ValueError):
     pass
+
+
+def option_help() -> dict[str, str]:
+    """Each Config field's trailing comment in this file: the one description, for `--help` too."""
+    source = inspect.getsource(Config)
+    return {m[1]: m[2].strip() for m in re.finditer(r"^    (\w+): [^=\n]+=[^#\n]*#(.*)$", source, re.M)}
 
 
 def _available_memory() -> int:

@@ -193,3 +193,14 @@ def test_extract_log_outside_a_terminal(tmp_path, make_video):
                      env={"TQDM_DISABLE": "1"})
     assert off.stderr.splitlines() == [lines[0].replace("/c;", "/o;").replace(str(tmp_path / "c"),
                                                                                str(tmp_path / "o"))]
+
+
+def test_temporal_option_help_is_the_config_fields_own_description(capsys):
+    """`--help` reads each temporal.Config field's comment, so the code and the help say one thing."""
+    from temporal.__main__ import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--event-pairs N r>0: the event summary also reads which prototype comes first" in text
+    assert "--batch-size N small: more (and noisier) steps" in text and "(default 4)" in text
