@@ -124,6 +124,8 @@ class Config:
         """A Config from a mapping; unknown keys are an error (a typo must not be silently ignored)."""
         d = dict(d or {})
         check_keys(cls, d, "temporal option(s)", ConfigError)
+        if d.get("event_pairs") is False:  # runs saved when it was a switch: off is rank 0
+            d["event_pairs"] = 0
         return cls(**d)
 
     def replace(self, **changes: Any) -> Config:

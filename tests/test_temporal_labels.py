@@ -172,3 +172,9 @@ def test_params_yaml_trains_what_the_cli_trains():
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())["temporal"]
     assert Config.from_dict(params) == Config()
+
+
+def test_runs_saved_with_event_pairs_off_as_a_switch_still_load():
+    assert Config.from_dict({"event_pairs": False}).event_pairs == 0
+    with pytest.raises(ConfigError, match="event_pairs"):  # the old full readout's weights fit no more
+        Config.from_dict({"event_pairs": True})
