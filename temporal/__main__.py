@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
                        "cache was made with (videos already in --cache-out are reused).")
     p.add_argument("--run", type=Path, required=True, help="a trained run folder")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--videos", type=Path, metavar="DIR", help="folder searched recursively for videos")
+    src.add_argument("--videos", type=Path, metavar="DIR|LIST",
+                     help="folder searched recursively for videos, or a text file listing them")
     src.add_argument("--cache", type=Path, help="an existing cache made like the run's")
     p.add_argument("--cache-out", type=Path, metavar="DIR",
                    help="cache to extract --videos into (default RUN/predict-cache/<folder>-<hash>)")

@@ -65,7 +65,7 @@ class Config:
     init: str = ""  # a `python -m temporal pretrain` run to start from ("" = random init)
     # --- optimisation ---
     epochs: int = 60
-    batch_size: int = 4  # small: more (and noisier) steps, which a hundred labelled videos need
+    batch_size: int = 4  # videos per training step; small: more, noisier steps, which 100 videos need
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup: float = 1.0  # epochs of linear warm-up, then cosine decay to lr / 10

@@ -102,7 +102,8 @@ def predict_videos(run_dir: str | os.PathLike, videos_dir: str | os.PathLike | N
                    cache_out: str | os.PathLike | None = None, weights: str | None = None, log=print,
                    **overrides) -> Path:
     """Write `out`: video_id, predicted label(s) or value, one probability column per class, for
-    the videos of `videos_dir` (extracted first, into `cache_out`, default RUN/predict-cache/...)
+    the videos of `videos_dir`, a folder or a text file listing them (extracted first, into
+    `cache_out`, default RUN/predict-cache/...)
     or of the existing cache `cache_dir`. `overrides`: eval_mode, eval_views, batch_size, device."""
     if (videos_dir is None) == (cache_dir is None):
         raise RunError("give either videos (a folder to extract) or a cache, not both")
@@ -112,8 +113,8 @@ def predict_videos(run_dir: str | os.PathLike, videos_dir: str | os.PathLike | N
     model = load_run(run, **overrides)
     if videos_dir is not None:
         videos_dir = Path(videos_dir)
-        if not videos_dir.is_dir():
-            raise FileNotFoundError(f"videos folder {videos_dir} not found")
+        if not videos_dir.exists():  # a folder, or a text file listing videos (as `python -m extract`)
+            raise FileNotFoundError(f"videos folder or list {videos_dir} not found")
         cache_dir = Path(cache_out) if cache_out is not None else default_cache(run, videos_dir)
         wanted = extract_for_run(run, model.meta, videos_dir, cache_dir, weights, model.config.device, log)
     cache = storage.open_cache(cache_dir)

@@ -203,4 +203,5 @@ def test_temporal_option_help_is_the_config_fields_own_description(capsys):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "--event-pairs N r>0: the event summary also reads which prototype comes first" in text
-    assert "--batch-size N small: more (and noisier) steps" in text and "(default 4)" in text
+    assert "--batch-size N videos per training step; small: more, noisier steps" in text
+    assert "(default 4)" in text
