@@ -116,3 +116,8 @@ def test_cli_predicts_new_videos_extracted_like_the_training_cache(tmp_path):
     assert read_csv(tmp_path / "p2.csv") == read_csv(tmp_path / "p.csv")
     proc = cli("predict", "--run", run, "--cache", tmp_path / "cache", "--out", tmp_path / "p3.csv")
     assert len(read_csv(tmp_path / "p3.csv")) == 8
+    listed = tmp_path / "list.txt"  # a list file, as `python -m extract --videos` takes
+    listed.write_text(f"{new / 'again.mp4'}\n")
+    cli("predict", "--run", run, "--videos", listed, "--out", tmp_path / "p4.csv")
+    (row,) = read_csv(tmp_path / "p4.csv")
+    np.testing.assert_allclose([float(row[k]) for k in ("prob_c0", "prob_c1")], want, atol=1e-6)
