@@ -27,7 +27,8 @@ from temporal.train import evaluate, load_data, train, write_predictions
 STRENGTHS = (0.01, 0.1, 1.0, 10.0)  # C for logistic regression; ridge uses alpha = 1 / C
 # STAN's own switches: the mean-pool baselines never read them (the MLP takes `dim` and `dropout`)
 STAN_ONLY = ("model", "streams", "fusion", "heads", "depth_spatial", "depth_temporal", "depth_fusion",
-             "clip_len", "mlp_ratio", "time_encoding", "pool", "events", "event_pairs", "pca_dims", "init")
+             "clip_len", "mlp_ratio", "time_encoding", "pool", "events", "event_pairs", "event_l1",
+             "pca_dims", "init")
 BASELINE_OPTIONS = tuple(f.name for f in dataclasses.fields(Config) if f.name not in STAN_ONLY)
 
 

@@ -37,7 +37,7 @@ CHOICES = {
 class Config:
     # --- model ---
     model: str = "stan"  # stan | meanpool (mean-pooled features -> MLP, trained by the same loop)
-    streams: str = "both"  # both | spatial | temporal | none (the event summary alone)
+    streams: str = "none"  # none (the event summary alone) | both | spatial | temporal
     fusion: str = "cross"  # cross | concat | sum | late (used when streams == both)
     dim: int = 128  # d, the width of both streams
     heads: int = 4
@@ -50,7 +50,8 @@ class Config:
     time_encoding: str = "timestamp"  # timestamp (seconds) | index (frame position) | none
     pool: str = "mean"  # a stream's summary: its CLS token | the mean of its frame tokens | both
     events: int = 24  # K>0: an event summary (share, mean position, onsets of K learned prototypes); 0: off
-    event_pairs: int = 0  # r>0: the event summary also reads which prototype comes first, per pair (rank r)
+    event_pairs: bool = True  # the event summary also reads, per pair of prototypes, which comes first
+    event_l1: float = 0.3  # group-lasso weight on the event summary's numbers: >0 keeps few of them
     pca_dims: int = 0  # >0: STAN reads the frames' leading principal components (whitened), 0: raw features
     # --- data ---
     task: str = "auto"  # auto | single | multi | regression
@@ -98,7 +99,7 @@ class Config:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"temporal option {name} must be > 0, got {getattr(self, name)}")
         for name in ("depth_spatial", "depth_temporal", "depth_fusion", "weight_decay", "warmup",
-                     "grad_clip", "patience", "mlp_ratio", "pca_dims", "events", "event_pairs"):
+                     "grad_clip", "patience", "mlp_ratio", "pca_dims", "events", "event_l1"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"temporal option {name} must be >= 0, got {getattr(self, name)}")
         if not is_device_name(self.device):
@@ -124,8 +125,12 @@ class Config:
         """A Config from a mapping; unknown keys are an error (a typo must not be silently ignored)."""
         d = dict(d or {})
         check_keys(cls, d, "temporal option(s)", ConfigError)
-        if d.get("event_pairs") is False:  # runs saved when it was a switch: off is rank 0
-            d["event_pairs"] = 0
+        pairs = d.get("event_pairs")
+        if type(pairs) is int:  # runs saved while it was a rank r of bilinear forms
+            if pairs:
+                raise ConfigError(f"event_pairs={pairs}: the rank-r pair readout is gone (the event summary "
+                                  "now reads every pair, with event_l1 to keep few); train the run again")
+            d["event_pairs"] = False
         return cls(**d)
 
     def replace(self, **changes: Any) -> Config:

@@ -192,27 +192,21 @@ class EventSummary(nn.Module):
     """What kinds of shot occur, when and how often. Each frame is softly assigned to K learned
     prototypes (cosine similarity, a learned temperature); per prototype: its share of the frames,
     its mean position (a fraction of the video) and its number of onsets (entries into it); with
-    `pairs` = r > 0, also per pair of prototypes (j, k) how likely a frame of j comes before a
-    frame of k, read through r x r bilinear forms. These map to one [B, dim] vector. Order,
-    position and repetition of short events are then a few numbers apart, where a transformer must
-    find them among a hundred frame tokens. The prototypes start as k-means centres of unlabelled
-    frames (`fit`) and are fine-tuned."""
+    `pairs`, also per pair of prototypes (j, k) how likely a frame of j comes before a frame of k.
+    A linear layer maps these numbers to one [B, dim] vector. Order, position and repetition of
+    short events are then a few numbers apart, where a transformer must find them among a hundred
+    frame tokens. The prototypes start as k-means centres of unlabelled frames (`fit`) and are
+    fine-tuned; `penalty` lets training keep only the few numbers a label depends on."""
 
-    def __init__(self, in_dim: int, k: int, dim: int, pairs: int = 0):
+    def __init__(self, in_dim: int, k: int, dim: int, pairs: bool = False):
         super().__init__()
         self.protos = nn.Parameter(F.normalize(torch.randn(k, in_dim), dim=-1))
         self.log_scale = nn.Parameter(torch.tensor(math.log(20.0)))  # 1 / temperature
-        self.proj = nn.Sequential(nn.LayerNorm(3 * k), nn.Linear(3 * k, dim))
+        n = 3 * k + (k * (k - 1) // 2 if pairs else 0)
+        self.proj = nn.Sequential(nn.LayerNorm(n), nn.Linear(n, dim))
         self.pairs = pairs
-        self.register_buffer("upper", torch.triu_indices(k, k, offset=1), persistent=False)
         if pairs:
-            # The K(K-1)/2 pair numbers are mostly about shots in random order: read directly, a
-            # hundred videos are memorised through them (count fell to chance). r x r bilinear
-            # forms u_a^T D v_b share their weights across pairs: a few numbers, enough to say
-            # which of three events comes first.
-            self.u = nn.Parameter(torch.randn(k, pairs) / math.sqrt(k))
-            self.v = nn.Parameter(torch.randn(k, pairs) / math.sqrt(k))
-            self.proj_pairs = nn.Sequential(nn.LayerNorm(pairs * pairs), nn.Linear(pairs * pairs, dim))
+            self.register_buffer("upper", torch.triu_indices(k, k, offset=1), persistent=False)
 
     def fit(self, centres: torch.Tensor) -> None:
         with torch.no_grad():
@@ -240,20 +234,15 @@ class EventSummary(nn.Module):
         return torch.cat(out, dim=-1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        s = self.stats(x, t, mask)
-        k = len(self.protos)
-        z = self.proj(s[:, :3 * k])
-        if not self.pairs:
-            return z
-        forms = torch.einsum("jr,bjk,ks->brs", self.u, self.order(s), self.v).flatten(1)
-        return z + self.proj_pairs(forms)
+        return self.proj(self.stats(x, t, mask))
 
-    def order(self, s: torch.Tensor) -> torch.Tensor:
-        """[B, K, K] from `stats` with pairs: +1 where prototype j comes before k, -1 after, 0 no telling."""
-        k = len(self.protos)
-        d = s.new_zeros(len(s), k, k)
-        d[:, self.upper[0], self.upper[1]] = 2 * s[:, 3 * k:] - 1
-        return d - d.transpose(1, 2)
+    def penalty(self) -> torch.Tensor:
+        """Group lasso: the summed L2 norms of each input number's weights (its LayerNorm gain
+        included, which could otherwise grow as they shrink). Most of the numbers describe shots
+        in random order; from a hundred videos a head reading them all memorises the videos (the
+        K(K-1)/2 pairs alone are hundreds), one made to pick a few finds the events."""
+        norm, linear = self.proj
+        return (linear.weight * norm.weight).norm(dim=0).sum()
 
 
 class STAN(nn.Module):

@@ -73,8 +73,9 @@ def pretrain(cache_dir: str | os.PathLike, out_dir: str | os.PathLike, config: C
     augmentation, seed); writes the run to `out_dir` and returns it.
     """
     cfg = as_config(config, **overrides)
-    if cfg.model != "stan":
-        raise ConfigError("pre-training trains STAN's streams: model must be 'stan'")
+    if cfg.model != "stan" or cfg.streams == "none":
+        raise ConfigError("pre-training trains STAN's streams: model must be 'stan' and streams not 'none' "
+                          "(e.g. --streams both)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)

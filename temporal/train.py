@@ -381,6 +381,7 @@ def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: 
 
         log(f"note: {load_pretrained(model, cfg.init, cfg, meta['in_dim'], data.fingerprint)}")
     model = model.to(device)
+    events = getattr(model, "events", None)  # the mean-pool baseline has no event summary
     std = None  # only noise augmentation needs the features' spread: no sampling pass otherwise
     if cfg.aug_noise > 0:
         std = torch.from_numpy(feature_std(data.videos, np.random.default_rng(cfg.seed))).to(device)
@@ -427,7 +428,8 @@ def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: 
             with autocast(device):
                 logits = model(x, t, m)
             loss = loss_fn(task, logits, y)
-            optimizer_step(opt, model, loss, lr, cfg.grad_clip)
+            sparse = cfg.event_l1 * events.penalty() if cfg.event_l1 and events is not None else 0.0
+            optimizer_step(opt, model, loss + sparse, lr, cfg.grad_clip)
             loss_sum += loss.item() * len(rows)
             seen += len(rows)
             step += 1

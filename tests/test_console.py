@@ -202,6 +202,6 @@ def test_temporal_option_help_is_the_config_fields_own_description(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "--event-pairs N r>0: the event summary also reads which prototype comes first" in text
+    assert "--event-pairs, --no-event-pairs the event summary also reads, per pair of prototypes" in text
     assert "--batch-size N videos per training step; small: more, noisier steps" in text
     assert "(default 4)" in text

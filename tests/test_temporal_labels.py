@@ -174,7 +174,8 @@ def test_params_yaml_trains_what_the_cli_trains():
     assert Config.from_dict(params) == Config()
 
 
-def test_runs_saved_with_event_pairs_off_as_a_switch_still_load():
-    assert Config.from_dict({"event_pairs": False}).event_pairs == 0
-    with pytest.raises(ConfigError, match="event_pairs"):  # the old full readout's weights fit no more
-        Config.from_dict({"event_pairs": True})
+def test_runs_saved_with_a_pair_rank_load_when_it_was_off_and_are_refused_otherwise():
+    assert Config.from_dict({"event_pairs": 0}).event_pairs is False
+    assert Config.from_dict({"event_pairs": True}).event_pairs is True
+    with pytest.raises(ConfigError, match="event_pairs=4: the rank-r pair readout is gone"):
+        Config.from_dict({"event_pairs": 4})  # its bilinear forms' weights fit no more

@@ -12,8 +12,8 @@ from temporal.synth import class_task, order_task, regression_task, write_cache,
 from temporal.train import RunError
 from tests.testing import run_module
 
-TINY = dict(dim=32, heads=4, depth_spatial=1, depth_temporal=1, depth_fusion=1, clip_len=2, frames=16,
-            batch_size=8, lr=3e-3, warmup=1, dropout=0.0, eval_views=2)
+TINY = dict(streams="both", dim=32, heads=4, depth_spatial=1, depth_temporal=1, depth_fusion=1, clip_len=2,
+            frames=16, batch_size=8, lr=3e-3, warmup=1, dropout=0.0, eval_views=2)
 
 
 def quiet(*_a, **_k):
@@ -240,3 +240,19 @@ def test_train_on_a_damaged_cache_names_the_shard(tmp_path):
     proc = cli("train", "--cache", cache, "--labels", labels, "--out", tmp_path / "r", check=False)
     assert proc.returncode == 2 and shard.name in proc.stderr and "--repair" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_the_group_lasso_keeps_the_few_summary_numbers_the_label_depends_on(tmp_path):
+    """Order of two events, 16 train videos: with event_l1 the head's weight gathers on a few of
+    the summary's 3K + K(K-1)/2 numbers (the events' pair and positions), without it it spreads."""
+    cache, labels = order_task(tmp_path, pairs=20, frames=24, event_len=3, dim=16, val=0.1, test=0.5)
+    cfg = dict(TINY, streams="none", events=6, event_pairs=True, epochs=30, patience=0)
+    top = {}
+    for l1 in (0.0, 0.3):
+        run = temporal.train(cache, labels, tmp_path / f"l1_{l1}", cfg, event_l1=l1, log=quiet)
+        norm, linear = temporal.load_run(run).model.events.proj
+        col = (linear.weight * norm.weight).norm(dim=0).detach()  # 18 numbers + 15 pairs
+        top[l1] = float(col.topk(3).values.sum() / col.sum())
+        if l1:
+            assert temporal.evaluate(run, "test", log=quiet)["accuracy"] >= 0.8
+    assert top[0.3] > 2 * top[0.0], top
