@@ -39,7 +39,7 @@ class Config:
     model: str = "stan"  # stan | meanpool (mean-pooled features -> MLP, trained by the same loop)
     streams: str = "none"  # none (the event summary alone) | both | spatial | temporal
     fusion: str = "cross"  # cross | concat | sum | late (used when streams == both)
-    dim: int = 128  # d, the width of both streams
+    dim: int = 128  # d, the width of the streams and of the event summary's vector
     heads: int = 4
     depth_spatial: int = 1  # L_s
     depth_temporal: int = 1  # L_t

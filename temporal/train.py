@@ -161,6 +161,17 @@ def lr_at(step: int, total: int, warmup: int, lr: float) -> float:
     return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
+def describe_model(cfg: Config) -> str:
+    """e.g. "stan: event summary (K=24, pairs)", "stan: streams both/cross + event summary (K=24)"."""
+    if cfg.model != "stan":
+        return cfg.model
+    fusion = f"/{cfg.fusion}" if cfg.streams == "both" else ""
+    parts = [] if cfg.streams == "none" else [f"streams {cfg.streams}{fusion}"]
+    if cfg.events:
+        parts.append(f"event summary (K={cfg.events}{', pairs' if cfg.event_pairs else ''})")
+    return "stan: " + " + ".join(parts)
+
+
 def no_decay(name: str, p: torch.nn.Parameter) -> bool:
     """Biases, norms and learned tokens (CLS, mask) are not shrunk; weight matrices are (nanoGPT)."""
     return p.dim() < 2 or name.rsplit(".", 1)[-1] in ("cls", "mask_token")
@@ -393,7 +404,7 @@ def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: 
     kind = f"{task}-label task | {len(classes)} classes" if classes else "regression task"
     log(f"{kind} | videos: {len(data.train)} train, {len(data.val)} val, {len(data.test)} test "
         f"({_held(data.videos)}) | "
-        f"{cfg.model} {cfg.streams}/{cfg.fusion}, {n_params / 1e6:.2f}M params on {device}")
+        f"{describe_model(cfg)}, {n_params / 1e6:.2f}M params on {device}")
     note = full_length_note(cfg, data.videos.lengths)
     if note:
         log(f"warning: {note}")
@@ -474,7 +485,7 @@ def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: 
     (out / CHECKPOINT).unlink(missing_ok=True)  # the run is complete: nothing left to resume
     shown = ", ".join(f"{k} {v:.4f}" for k, v in summary.get("val", {}).items()
                       if k != "videos" and v is not None)
-    log(f"trained {cfg.model} ({cfg.streams}/{cfg.fusion}) on {len(data.train)} videos: "
+    log(f"trained {describe_model(cfg)} on {len(data.train)} videos: "
         f"best epoch {best_epoch}/{len(history)}{' (early stop)' if stopped_early else ''}"
         f"{', val ' + shown if shown else ''}, {summary['train_seconds']:.1f} s -> {out}")
     return out

@@ -205,10 +205,10 @@ def test_dvc_repro_runs_the_pipeline_then_has_nothing_to_do(project):
     assert "modified" not in status and "up to date" in status, status
 
     # an ablation of a stage-two knob re-runs stage two only: the cache is reused
-    exp = dvc("exp", "run", "-S", "temporal.fusion=sum", cwd=project)
+    exp = dvc("exp", "run", "-S", "temporal.event_l1=0.1", cwd=project)
     assert "Running stage 'train@order'" in exp
     assert "Running stage 'extract'" not in exp and "Running stage 'prepare'" not in exp
-    # the baseline does not depend on STAN's fusion switch
+    # the baseline does not depend on STAN's own switches
     assert "Running stage 'baseline@order'" not in exp
     shown = json.loads(subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=project,
                                       capture_output=True, text=True, timeout=300).stdout)
@@ -218,4 +218,4 @@ def test_dvc_repro_runs_the_pipeline_then_has_nothing_to_do(project):
                 if f.startswith("metrics/") for k in flat_keys(d["data"])}  # not eventbench/: not run
     assert {k.split(".")[-1] for _, _, k in compared} == {"accuracy", "loss", "macro_f1"}, compared
     report = sh(sys.executable, "-m", "pipeline", "report", cwd=project)
-    assert "temporal.fusion" in report and "order: stan accuracy" in report
+    assert "temporal.event_l1" in report and "order: stan accuracy" in report

@@ -70,7 +70,7 @@ def test_saved_run_reloads_in_a_fresh_process_and_reproduces_its_metrics(tmp_pat
     proc = cli("train", "--cache", cache, "--labels", labels, "--out", out,
                "--dim", 32, "--heads", 4, "--depth-spatial", 1, "--depth-temporal", 1, "--clip-len", 2,
                "--frames", 16, "--epochs", 4, "--lr", 3e-3, "--batch-size", 8, "--eval-views", 3)
-    assert "trained stan (both/cross) on 18 videos" in proc.stdout
+    assert "trained stan: event summary (K=24, pairs) on 18 videos" in proc.stdout  # the defaults
     summary = json.loads((out / "summary.json").read_text())
     cli("evaluate", "--run", out, "--split", "val", "--metrics", tmp_path / "m.json",
         "--predictions", tmp_path / "p.csv")
