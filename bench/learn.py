@@ -1,7 +1,7 @@
 """Learning levers, measured: every (task, variant, seed, train fraction) trained and scored on test.
 
     python bench/learn.py --cache eventbench/cache --labels eventbench/data/labels --tasks order,where \\
-        --variant defaults: --variant 'full:frames=128' --variant 'pre:frames=128,pretrain_epochs=100' \\
+        --variant defaults: --variant 'full:frames=128' --variant 'pre:streams=both,pretrain_epochs=100' \\
         --seeds 0,1,2 --fractions 0.25,1.0 --out runs/learn --jobs 2
 
 A variant is NAME:KEY=VALUE,... over `temporal.Config()` (the CLI defaults); `base=NAME` starts from

@@ -247,7 +247,7 @@ def main() -> None:
         print(json.dumps(memory_child(a["length"], a["frames"], temporal.Config.from_dict(a["config"]),
                                       a["in_dim"])))
         return
-    cfg = temporal.Config(eval_mode="views", patience=0)  # the defaults: dim 256, depths 2/2/1, 64 frames
+    cfg = temporal.Config(eval_mode="views", patience=0)  # the defaults (the event summary alone, 64 frames)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         cache, labels = synthetic_cache(root, args.videos, args.frames_per_video, args.in_dim)
