@@ -49,7 +49,7 @@ import temporal
 from storage.device import pick_device
 from temporal.data import LazyVideos, Videos, feature_bytes, upcoming
 from temporal.synth import write_cache, write_labels
-from temporal.train import autocast, loss_fn, optimizer_step, param_groups, train_batch
+from temporal.train import autocast, loss_fn, optimizer_step, param_groups, sparsity, train_batch
 
 LENGTHS = (120, 750, 3000)
 MODEL_KEYS = ("streams", "fusion", "dim", "depth_spatial", "depth_temporal", "depth_fusion", "heads",
@@ -95,7 +95,7 @@ def step_split(videos, lab, cfg: temporal.Config, steps: int) -> np.ndarray:
         t1 = time.perf_counter()
         with autocast(device):
             logits = model(x, t, m)
-        optimizer_step(opt, model, loss_fn("single", logits, y), cfg.lr, cfg.grad_clip)
+        optimizer_step(opt, model, loss_fn("single", logits, y) + sparsity(model, cfg), cfg.lr, cfg.grad_clip)
         sync(device)
         times.append((t1 - t0, time.perf_counter() - t1, time.process_time() - c0))
     return np.array(times[2:])

@@ -51,7 +51,7 @@ class Config:
     pool: str = "mean"  # a stream's summary: its CLS token | the mean of its frame tokens | both
     events: int = 24  # K>0: an event summary (share, mean position, onsets of K learned prototypes); 0: off
     event_pairs: bool = True  # the event summary also reads, per pair of prototypes, which comes first
-    event_l1: float = 0.3  # group-lasso weight on the event summary's numbers: >0 keeps few of them
+    event_l1: float = 0.3  # group-lasso weight on the event summary's numbers (events > 0): >0 keeps few
     pca_dims: int = 0  # >0: STAN reads the frames' leading principal components (whitened), 0: raw features
     # --- data ---
     task: str = "auto"  # auto | single | multi | regression
@@ -129,7 +129,8 @@ class Config:
         if type(pairs) is int:  # runs saved while it was a rank r of bilinear forms
             if pairs:
                 raise ConfigError(f"event_pairs={pairs}: the rank-r pair readout is gone (the event summary "
-                                  "now reads every pair, with event_l1 to keep few); train the run again")
+                                  "now reads every pair, with event_l1 to keep few): write true or false, "
+                                  "and train a run saved with a rank again")
             d["event_pairs"] = False
         return cls(**d)
 

@@ -172,6 +172,13 @@ def describe_model(cfg: Config) -> str:
     return "stan: " + " + ".join(parts)
 
 
+def sparsity(model: torch.nn.Module, cfg: Config) -> torch.Tensor | float:
+    """What training adds to the task loss: event_l1 x the event summary's group lasso (0 without a
+    summary, e.g. the mean-pool baseline). Its gradient counts towards `grad_clip` with the rest."""
+    events = getattr(model, "events", None)
+    return cfg.event_l1 * events.penalty() if cfg.event_l1 and events is not None else 0.0
+
+
 def no_decay(name: str, p: torch.nn.Parameter) -> bool:
     """Biases, norms and learned tokens (CLS, mask) are not shrunk; weight matrices are (nanoGPT)."""
     return p.dim() < 2 or name.rsplit(".", 1)[-1] in ("cls", "mask_token")
@@ -392,7 +399,6 @@ def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: 
 
         log(f"note: {load_pretrained(model, cfg.init, cfg, meta['in_dim'], data.fingerprint)}")
     model = model.to(device)
-    events = getattr(model, "events", None)  # the mean-pool baseline has no event summary
     std = None  # only noise augmentation needs the features' spread: no sampling pass otherwise
     if cfg.aug_noise > 0:
         std = torch.from_numpy(feature_std(data.videos, np.random.default_rng(cfg.seed))).to(device)
@@ -439,8 +445,7 @@ def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: 
             with autocast(device):
                 logits = model(x, t, m)
             loss = loss_fn(task, logits, y)
-            sparse = cfg.event_l1 * events.penalty() if cfg.event_l1 and events is not None else 0.0
-            optimizer_step(opt, model, loss + sparse, lr, cfg.grad_clip)
+            optimizer_step(opt, model, loss + sparsity(model, cfg), lr, cfg.grad_clip)
             loss_sum += loss.item() * len(rows)
             seen += len(rows)
             step += 1
@@ -500,7 +505,8 @@ def _held(videos: AnyVideos) -> str:
 def check_resumable(out: Path, state: dict, cfg: Config, fingerprint: dict) -> None:
     """A checkpoint continues only the run that wrote it: same options (device, memory aside), same cache."""
     free = ("device", "memory_budget")  # where and how the features are held: the run is the same
-    saved = {k: v for k, v in state["config"].items() if k not in free}
+    # runs interrupted before event_l1 existed trained without the lasso
+    saved = {k: v for k, v in {"event_l1": 0.0, **state["config"]}.items() if k not in free}
     now = {k: v for k, v in cfg.to_dict().items() if k not in free}
     if saved != now:
         diff = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now))
@@ -583,7 +589,12 @@ def load_run(run_dir: str | os.PathLike, device: torch.device | str | None = Non
     meta = read_meta(run_dir)
     cfg = Config.from_dict(meta["config"]).replace(**{k: v for k, v in overrides.items() if v is not None})
     model = build_model(cfg, meta["in_dim"], meta["out_dim"])
-    model.load_state_dict(load_file(str(Path(run_dir) / "model.safetensors")))
+    try:
+        model.load_state_dict(load_file(str(Path(run_dir) / "model.safetensors")))
+    except RuntimeError as e:  # e.g. saved by a version whose event summary had other layers
+        first = str(e).strip().splitlines()[0]
+        raise RunError(f"{run_dir}: its weights do not fit the model its config.json describes (saved by "
+                       f"another version of temporal? train it again): {first}") from None
     device = torch.device(device) if device is not None else pick_device(cfg.device)
     return Run(Path(run_dir), model.to(device).eval(), cfg, meta, device)
 

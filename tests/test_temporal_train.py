@@ -256,3 +256,24 @@ def test_the_group_lasso_keeps_the_few_summary_numbers_the_label_depends_on(tmp_
         if l1:
             assert temporal.evaluate(run, "test", log=quiet)["accuracy"] >= 0.8
     assert top[0.3] > 2 * top[0.0], top
+
+
+def test_a_run_whose_weights_do_not_fit_its_config_is_refused_by_name(tmp_path):
+    cache, labels = class_task(tmp_path, videos=24, classes=3)
+    run = temporal.train(cache, labels, tmp_path / "run", TINY, epochs=1, log=quiet)
+    meta = json.loads((run / "config.json").read_text())
+    meta["config"]["event_pairs"] = not meta["config"]["event_pairs"]  # as a run of another version reads
+    (run / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(RunError, match=r"run: its weights do not fit the model its config\.json describes"):
+        temporal.load_run(run)
+
+
+def test_a_run_interrupted_before_the_lasso_existed_resumes_without_it(tmp_path):
+    from temporal.train import check_resumable
+
+    saved = temporal.Config(**TINY, event_l1=0.0).to_dict()
+    del saved["event_l1"]  # what such a checkpoint holds
+    state = {"config": saved, "fingerprint": {"f": 1}}
+    check_resumable(tmp_path, state, temporal.Config(**TINY, event_l1=0.0), {"f": 1})
+    with pytest.raises(RunError, match=r"event_l1: 0\.0 -> 0\.3"):
+        check_resumable(tmp_path, state, temporal.Config(**TINY), {"f": 1})
