@@ -29,6 +29,12 @@ import av
 import decord
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # before bench/, whose extract.py shadows it
+
+from extract import ExtractConfig
+from extract.decode import probe
+from extract.discover import find_videos
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -49,14 +55,6 @@ def av_decode(videos: list[Path], skip: str | None) -> None:
                 pass
 
 
-def video_seconds(path: Path) -> float:
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        if stream.frames:
-            return float(stream.frames / stream.average_rate)
-        return float(container.duration / 1e6)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--videos-dir", type=Path)
@@ -64,14 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         if a.videos_dir:
-            videos = sorted(p for p in a.videos_dir.iterdir() if p.suffix.lower() in (".mp4", ".avi", ".mkv"))
+            videos = [Path(v.path) for v in find_videos(a.videos_dir, ExtractConfig().extensions)]
         else:
             spec = importlib.util.spec_from_file_location("bench_extract", HERE / "extract.py")
             bench = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(bench)
             bench.make_videos(Path(tmp), 4, 40, 25, 270, 480)  # as bench/extract.py makes them
             videos = sorted(Path(tmp).glob("*.mp4"))
-        seconds = sum(video_seconds(v) for v in videos)
+        seconds = sum(probe(str(v)).duration for v in videos)
         ways = {"decord_1fps": lambda: decord_1fps(videos), "av_all": lambda: av_decode(videos, None),
                 "av_nonref": lambda: av_decode(videos, "NONREF")}
         runs: dict[str, list[float]] = {k: [] for k in ways}

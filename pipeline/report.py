@@ -28,16 +28,17 @@ def qualify(exps: list[dict], root: Path) -> list[dict]:
     owner: dict[str, list[str]] = {}
     for path in sorted([*root.glob("metrics/*/*.json"), *root.glob("*/metrics/*/*.json")]):
         with contextlib.suppress(OSError, ValueError):
-            for key in _flat(json.loads(path.read_text())):
+            for key in metric_keys(json.loads(path.read_text())):
                 owner.setdefault(key, []).append(f"{path.relative_to(root).as_posix()}:{key}")
     unique = {k: v[0] for k, v in owner.items() if len(v) == 1}
     return [{unique.get(k, k): v for k, v in e.items()} for e in exps]
 
 
-def _flat(d: dict, prefix: str = "") -> list[str]:
+def metric_keys(d: dict, prefix: str = "") -> list[str]:
+    """A metrics file's names as DVC shows them: nested keys joined by dots (`linear.accuracy`)."""
     out = []
     for k, v in d.items():
-        out += _flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
+        out += metric_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
     return out
 
 

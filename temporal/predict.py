@@ -102,9 +102,9 @@ def predict_videos(run_dir: str | os.PathLike, videos_dir: str | os.PathLike | N
                    cache_out: str | os.PathLike | None = None, weights: str | None = None, log=print,
                    **overrides) -> Path:
     """Write `out`: video_id, predicted label(s) or value, one probability column per class, for
-    the videos of `videos_dir`, a folder or a text file listing them (extracted first, into
-    `cache_out`, default RUN/predict-cache/...)
-    or of the existing cache `cache_dir`. `overrides`: eval_mode, eval_views, batch_size, device."""
+    the videos of `videos_dir` (a folder or a text file listing them; extracted first, into
+    `cache_out`, default RUN/predict-cache/...) or of the existing cache `cache_dir`.
+    `overrides`: eval_mode, eval_views, batch_size, device."""
     if (videos_dir is None) == (cache_dir is None):
         raise RunError("give either videos (a folder to extract) or a cache, not both")
     if cache_out is not None and videos_dir is None:

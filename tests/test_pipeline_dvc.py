@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+from pipeline.report import metric_keys
 from tests.testing import REPO
 
 TINY = {
@@ -79,11 +80,8 @@ def test_stage_params_follow_the_config_classes():
     assert set(efficiency.PARAMS) == set(temporal) - {"temporal.train_fraction"} | {"efficiency"}
 
 
-def flat_keys(obj: dict, prefix: str = "") -> set[str]:
-    keys = set()
-    for k, v in obj.items():
-        keys |= flat_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}"}
-    return keys
+def flat_keys(obj: dict) -> set[str]:
+    return set(metric_keys(obj))
 
 
 def test_metrics_files_hold_metrics_only_and_run_info_goes_beside_them(tmp_path):
