@@ -6,7 +6,8 @@
 
 A variant is NAME:KEY=VALUE,... over `temporal.Config()` (the CLI defaults); `base=NAME` starts from
 another variant, `pretrain_epochs=N` pre-trains on the cache first (once per architecture and seed,
-without the test split's videos), `linear` names the mean-pool linear probe. Results are appended
+without the test split's videos), `linear` names the mean-pool linear probe, `minirocket` the
+MiniRocket probe (temporal/baseline.py). Results are appended
 to OUT/results.jsonl (finished ones are skipped on a re-run); the last line printed is a JSON
 summary: mean and std over seeds of each task's main test metric (accuracy, or r2).
 
@@ -107,11 +108,13 @@ def run_one(job: dict) -> dict:
     over = dict(job["overrides"])
     labels = Path(job["labels"]) / f"{job['task']}.csv"
     out = Path(job["out"]) / "runs" / job["task"] / job["variant"] / f"s{job['seed']}_f{job['fraction']:g}"
-    cfg = temporal.Config.from_dict({k: v for k, v in over.items() if k not in ("pretrain_epochs", "linear")})
+    cfg = temporal.Config.from_dict({k: v for k, v in over.items()
+                                     if k not in ("pretrain_epochs", "linear", "minirocket")})
     cfg = cfg.replace(seed=job["seed"], train_fraction=job["fraction"])
     res = {k: job[k] for k in ("task", "variant", "seed", "fraction")}
-    if over.get("linear"):
-        r = temporal.baseline(job["cache"], labels, out, cfg, mlp=False, log=_quiet)["linear"]
+    probe = "linear" if over.get("linear") else "minirocket" if over.get("minirocket") else None
+    if probe:
+        r = temporal.baseline(job["cache"], labels, out, cfg, mlp=False, log=_quiet, probes=(probe,))[probe]
         return {**res, "test": r["test"], "val": r.get("val")}
     if over.get("pretrain_epochs"):
         arch = {k: getattr(cfg, k) for k in (*ARCHITECTURE, "frames", "lr", "batch_size", "aug_noise",

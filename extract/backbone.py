@@ -286,14 +286,16 @@ def pick_precision(requested: str, device: torch.device, model: torch.nn.Module)
     bf16 keeps 8 mantissa bits: in a depthwise 3x3 filter (9 weights that nearly cancel on smooth
     images) that costs tf_efficientnet_lite0 a cosine of ~0.9986 to fp32 on real frames, while
     fp16 (11 bits) keeps 0.99998. So models with depthwise convolutions get fp16 where it is
-    native too; the rest bf16 (same range as fp32: no overflow).
+    native, else fp32 (a CPU with bf16 but no fp16 would otherwise fall below the 0.999 bar);
+    the rest bf16 (same range as fp32: no overflow).
     """
     if requested != "auto":
         return requested
     native = native_precisions(device)
-    if "fp16" in native and ("bf16" not in native or has_depthwise_conv(model)):
+    depthwise = has_depthwise_conv(model)
+    if "fp16" in native and ("bf16" not in native or depthwise):
         return "fp16"
-    return "bf16" if "bf16" in native else "fp32"
+    return "bf16" if "bf16" in native and not depthwise else "fp32"
 
 
 @dataclass

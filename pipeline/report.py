@@ -11,7 +11,7 @@ from pathlib import Path
 # a pipeline in a subfolder (eventbench/dvc.yaml) prefixes its folder
 METRIC = re.compile(r"^(?:(?P<pipeline>.+)/)?metrics/(?P<labelset>[^/]+)/"
                     r"(?P<model>stan|baseline)\.json:(?P<key>.+)$")
-PLAIN = re.compile(r"^(?P<labelset>)(?P<model>)(?P<key>(?:(?P<base>linear|mlp)\.)?[a-z0-9_]+)$")
+PLAIN = re.compile(r"^(?P<labelset>)(?P<model>)(?P<key>(?:(?P<base>linear|minirocket|mlp)\.)?[a-z0-9_]+)$")
 SHOWN = ("accuracy", "macro_f1", "map", "r2", "mae")
 
 
@@ -43,7 +43,7 @@ def metric_keys(d: dict, prefix: str = "") -> list[str]:
 
 
 def table(exps: list[dict], pipeline: str | None = None) -> tuple[list[str], list[list[str]]]:
-    """Header and rows: experiment, changed params, then per label set STAN | linear | MLP.
+    """Header and rows: experiment, changed params, then per label set STAN | linear | MiniRocket | MLP.
     `pipeline`: only that folder's pipeline ("eventbench"; "." the top-level one); default all."""
     params = sorted({k for e in exps for k in e if k.startswith(("temporal.", "extract.", "demo."))})
     changed = [p for p in params if len({repr(e.get(p)) for e in exps}) > 1]
@@ -63,9 +63,10 @@ def table(exps: list[dict], pipeline: str | None = None) -> tuple[list[str], lis
         labelset = f"{m['pipeline']}/{m['labelset']}" if m.get("pipeline") else m["labelset"]
         if m["model"] == "stan" and "." not in m["key"]:
             cols.append((labelset, f"stan {name}", key))
-        elif m["model"] == "baseline" and m["key"].startswith(("linear.", "mlp.")):
+        elif m["model"] == "baseline" and m["key"].startswith(("linear.", "minirocket.", "mlp.")):
             cols.append((labelset, f"{m['key'].split('.')[0]} {name}", key))
-    cols.sort(key=lambda c: (c[0], c[1].split()[1], ("stan", "linear", "mlp").index(c[1].split()[0])))
+    order = ("stan", "linear", "minirocket", "mlp")
+    cols.sort(key=lambda c: (c[0], c[1].split()[1], order.index(c[1].split()[0])))
     header = ["experiment", *changed, *[f"{ls}: {name}" for ls, name, _ in cols]]
     body = []
     for e in exps:

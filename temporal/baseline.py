@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.linear_model import LogisticRegression, Ridge, RidgeClassifier
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -25,9 +25,12 @@ from temporal.metrics import better, clean, compute_metrics, scores_loss
 from temporal.train import evaluate, load_data, train, write_predictions
 
 STRENGTHS = (0.01, 0.1, 1.0, 10.0)  # C for logistic regression; ridge uses alpha = 1 / C
+# MiniRocket's ~10 000 standardised features need a stronger ridge (alpha = 1 / strength: 10 ... 10^4)
+ROCKET_STRENGTHS = (1e-4, 1e-3, 1e-2, 1e-1)
 # STAN's own switches: the mean-pool baselines never read them (the MLP takes `dim` and `dropout`)
 STAN_ONLY = ("model", "streams", "fusion", "heads", "depth_spatial", "depth_temporal", "depth_fusion",
              "clip_len", "mlp_ratio", "time_encoding", "pool", "events", "event_pairs", "event_l1",
+             "stream_input", "aux_loss", "branch_drop",
              "pca_dims", "init")
 BASELINE_OPTIONS = tuple(f.name for f in dataclasses.fields(Config) if f.name not in STAN_ONLY)
 
@@ -38,9 +41,13 @@ def mean_features(videos, rows: list[int]) -> np.ndarray:
         np.zeros((0, videos.dim), np.float32)
 
 
-def _fit(task: str, X: np.ndarray, y: np.ndarray, strength: float):
+def _fit(task: str, X: np.ndarray, y: np.ndarray, strength: float, ridge: bool = False):
     if task == "regression":
         est = Ridge(alpha=1.0 / strength)
+    elif ridge:  # MiniRocket's head: ridge on one-hot targets (its scores are softmaxed decisions)
+        est = RidgeClassifier(alpha=1.0 / strength)
+        if task == "multi":
+            est = OneVsRestClassifier(est)
     elif task == "single":
         est = LogisticRegression(C=strength, max_iter=2000)
     else:
@@ -56,7 +63,15 @@ def _fit(task: str, X: np.ndarray, y: np.ndarray, strength: float):
 def _scores(task: str, model, X: np.ndarray, n_classes: int) -> np.ndarray:
     if task == "regression":
         return model.predict(X).astype(np.float64)
-    p = model.predict_proba(X)
+    if not hasattr(model, "predict_proba"):  # a ridge classifier: softmax (or sigmoid) of its decisions
+        d = model.decision_function(X)
+        if task == "multi":
+            return 1.0 / (1.0 + np.exp(-d))
+        d = np.stack([-d, d], 1) if d.ndim == 1 else d
+        p = np.exp(d - d.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+    else:
+        p = model.predict_proba(X)
     if task == "single":  # columns follow the classes seen in training; place them in the full list
         full = np.zeros((len(X), n_classes))
         full[:, model.classes_.astype(int)] = p
@@ -65,24 +80,59 @@ def _scores(task: str, model, X: np.ndarray, n_classes: int) -> np.ndarray:
 
 
 def linear_probe(data, cfg: Config, out: Path) -> dict:
-    task, n_classes = data.labels.task, len(data.labels.classes)
+    """Mean-pooled features, logistic regression (ridge for regression), C chosen on val."""
     feats = {s: mean_features(data.videos, getattr(data, s)) for s in ("train", "val", "test")}
+    return fit_probe(data, cfg, out, feats, "linear")
+
+
+def minirocket_probe(data, cfg: Config, out: Path, dims: int = 32, length: int = 128) -> dict:
+    """The time-series practitioner's peer: each video's frames reduced to their `dims` leading
+    principal components (fitted on training frames), resampled to `length` steps, MiniRocket
+    features (aeon, 10 000 kernels) and a ridge head, its strength chosen on val."""
+    from aeon.transformations.collection.convolution_based import MiniRocket
+
+    from temporal.data import principal_components
+
+    rng = np.random.default_rng(cfg.seed)
+    mean, proj = principal_components(data.videos, data.train, dims, rng)
+    dims = proj.shape[1]  # no more components than the features have
+
+    def series(rows: list[int]) -> np.ndarray:
+        out_ = np.zeros((len(rows), dims, length), np.float32)
+        for k, i in enumerate(rows):
+            x = (data.videos.frames(i)[0].astype(np.float32) - mean) @ proj  # [T, dims]
+            src = np.linspace(0, 1, len(x))
+            dst = np.linspace(0, 1, length)
+            out_[k] = np.stack([np.interp(dst, src, x[:, c]) for c in range(x.shape[1])])
+        return out_
+
+    rocket = MiniRocket(random_state=cfg.seed)
+    raw = {s: series(getattr(data, s)) for s in ("train", "val", "test")}
+    rocket.fit(raw["train"])
+    feats = {s: rocket.transform(x) if len(x) else np.zeros((0, 1)) for s, x in raw.items()}
+    return fit_probe(data, cfg, out, feats, "minirocket", ridge=True, strengths=ROCKET_STRENGTHS)
+
+
+def fit_probe(data, cfg: Config, out: Path, feats: dict[str, np.ndarray], name: str,
+              ridge: bool = False, strengths: tuple[float, ...] = STRENGTHS) -> dict:
+    """A scikit-learn linear head on fixed video features, its strength chosen on val."""
+    task, n_classes = data.labels.task, len(data.labels.classes)
     ys = {s: data.labels.target_array(getattr(data, s)) for s in ("train", "val", "test")}
     monitor = cfg.monitor
-    chosen, best = 1.0, None
+    chosen, best = strengths[len(strengths) // 2], None
     if len(feats["val"]):  # pick the regularisation on val, by the same rule as STAN's early stopping
-        for c in STRENGTHS:
-            m = _fit(task, feats["train"], ys["train"], c)
+        for c in strengths:
+            m = _fit(task, feats["train"], ys["train"], c, ridge)
             s = _scores(task, m, feats["val"], n_classes)
             val = {"loss": scores_loss(task, ys["val"], s), **compute_metrics(task, ys["val"], s)}
             if monitor not in val:
                 raise ConfigError(f"monitor {monitor!r} is not a metric of a {task} task: {sorted(val)}")
             if better(monitor, val[monitor], best):
                 chosen, best = c, val[monitor]
-    model = _fit(task, feats["train"], ys["train"], chosen)
-    name = {"single": "logistic", "multi": "logistic_ovr", "regression": "ridge"}[task]
-    result: dict = {"estimator": name}
-    if task == "regression":
+    model = _fit(task, feats["train"], ys["train"], chosen, ridge)
+    estimator = "ridge" if ridge or task == "regression" else "logistic"
+    result: dict = {"estimator": estimator + ("_ovr" if task == "multi" else "")}
+    if ridge or task == "regression":
         result["alpha"] = 1.0 / chosen
     else:
         result["C"] = chosen
@@ -93,19 +143,21 @@ def linear_probe(data, cfg: Config, out: Path) -> dict:
         s = _scores(task, model, feats[split], n_classes)
         result[split] = {"videos": len(rows), "loss": clean(scores_loss(task, ys[split], s)),
                          **compute_metrics(task, ys[split], s)}
-        write_predictions(out / f"predictions_linear_{split}.csv", data.labels, rows, s)
+        write_predictions(out / f"predictions_{name}_{split}.csv", data.labels, rows, s)
     return result
 
 
 def baseline(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: str | os.PathLike,
-             config: Config | dict | None = None, mlp: bool = True, log=print, **overrides) -> dict:
-    """Linear probe (and, with `mlp`, a mean-pool MLP trained by the STAN loop into OUT/mlp).
+             config: Config | dict | None = None, mlp: bool = True, log=print,
+             probes: tuple[str, ...] = ("linear", "minirocket"), **overrides) -> dict:
+    """Linear probe, MiniRocket (and, with `mlp`, a mean-pool MLP trained by the STAN loop into OUT/mlp).
     Writes OUT/metrics.json {"linear": {...}, "mlp": {...}}; returns the same dict."""
     cfg = as_config(config, **overrides)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = load_data(cache_dir, labels_csv, cfg, log=log)
-    result = {"linear": linear_probe(data, cfg, out)}
+    fits = {"linear": linear_probe, "minirocket": minirocket_probe}
+    result = {name: fits[name](data, cfg, out) for name in probes}
     splits = [s for s in ("val", "test") if getattr(data, s)]
     del data
     if mlp:

@@ -27,6 +27,7 @@ CHOICES = {
     "fusion": ("cross", "concat", "sum", "late"),
     "time_encoding": ("timestamp", "index", "none"),
     "pool": ("cls", "mean", "both"),
+    "stream_input": ("features", "events"),
     "task": ("auto", "single", "multi", "regression"),
     "sampling": ("uniform", "window"),
     "eval_mode": ("views", "full"),
@@ -52,6 +53,9 @@ class Config:
     events: int = 24  # K>0: an event summary (share, mean position, onsets of K learned prototypes); 0: off
     event_pairs: bool = True  # the event summary also reads, per pair of prototypes, which comes first
     event_l1: float = 0.3  # group-lasso weight on the event summary's numbers (events > 0): >0 keeps few
+    stream_input: str = "features"  # the streams read the frame features | events (prototype assignments)
+    aux_loss: float = 0.0  # >0: each branch (stream, summary) also has a head and a loss, of this weight
+    branch_drop: float = 0.0  # training: probability of zeroing each branch before the head (never all)
     pca_dims: int = 0  # >0: STAN reads the frames' leading principal components (whitened), 0: raw features
     # --- data ---
     task: str = "auto"  # auto | single | multi | regression
@@ -99,13 +103,17 @@ class Config:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"temporal option {name} must be > 0, got {getattr(self, name)}")
         for name in ("depth_spatial", "depth_temporal", "depth_fusion", "weight_decay", "warmup",
-                     "grad_clip", "patience", "mlp_ratio", "pca_dims", "events", "event_l1"):
+                     "grad_clip", "patience", "mlp_ratio", "pca_dims", "events", "event_l1", "aux_loss"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"temporal option {name} must be >= 0, got {getattr(self, name)}")
         if not is_device_name(self.device):
             raise ConfigError(f"temporal option device={self.device!r}: choose auto, cpu, cuda or cuda:N")
         if self.streams == "none" and not self.events:
             raise ConfigError("streams=none leaves the head nothing to read: set events > 0")
+        if self.stream_input == "events" and not self.events:
+            raise ConfigError("stream_input=events reads the event summary's prototypes: set events > 0")
+        if not 0.0 <= self.branch_drop < 1.0:
+            raise ConfigError(f"branch_drop must be in [0, 1), got {self.branch_drop}")
         if self.dim % self.heads:
             raise ConfigError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
         if not 0.0 <= self.aug_drop < 1.0 or self.aug_noise < 0:

@@ -1,12 +1,18 @@
-"""STAN: a spatial and a temporal transformer stream over cached frame embeddings, fused.
+"""STAN: a spatial and a temporal transformer stream over cached frame embeddings, an event
+summary beside them, fused (the default builds all three: `streams: both`, `events: 24`).
 
     x [B,T,D], t [B,T], mask [B,T]       (x → its pca_dims whitened principal components, if set)
       ├─ spatial : Linear(D→d)+LN per frame, +time(t), [CLS], L_s blocks          → S [B,1+T,d]
-      └─ temporal: [x_i, x_i−x_{i−1}] → Conv1d(2D→d, k, stride k)+LN, +time(clip t),
-                   [CLS], L_t blocks                                               → U [B,1+T/k,d]
-    fusion cross : L_f blocks, S attends to U and U attends to S; head([CLS_S, CLS_U])
-           concat: head([CLS_S, CLS_U])      sum: head(CLS_S + CLS_U)
-           late  : (head_S(CLS_S) + head_U(CLS_U)) / 2
+      ├─ temporal: [x_i, x_i−x_{i−1}] → Conv1d(2D→d, k, stride k)+LN, +time(clip t),
+      │            [CLS], L_t blocks                                               → U [B,1+T/k,d]
+      └─ events  : soft assignments of frames to K prototypes → shares, positions,
+                   onsets, pair order → Linear                                     → E [B,d]
+    (stream_input events: the streams read the K assignments instead of x)
+    fusion cross : L_f blocks, S attends to U and U attends to S; head([R(S), R(U), E])
+           concat: head([R(S), R(U), E])      sum: head(R(S) + R(U), E)
+           late  : (head_S([R(S), E]) + head_U([R(U), E])) / 2
+    aux_loss     : every branch R(S), R(U), E also has a head of its own, trained on the task alone
+    branch_drop  : training zeroes each branch before the fused head with this probability
 
 Padding is masked everywhere it could leak in (attention keys, frame differences, clip
 times), so a padded video gives the same output as the same video alone.
@@ -212,12 +218,16 @@ class EventSummary(nn.Module):
         with torch.no_grad():
             self.protos[: len(centres)] = centres
 
+    def assign(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[B, T, K]: each frame's soft assignment to the prototypes (rows sum to 1; padding 0)."""
+        sim = F.normalize(x, dim=-1) @ F.normalize(self.protos, dim=-1).T
+        return torch.softmax(sim * self.log_scale.exp(), dim=-1) * mask[..., None].to(x.dtype)
+
     def stats(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """[B, 3K (+ K(K-1)/2)]: each prototype's share of the frames, mean position in [0, 1] and
         number of onsets; with pairs, for each j < k the chance that a frame of j precedes one of k."""
         m = mask[..., None].to(x.dtype)
-        sim = F.normalize(x, dim=-1) @ F.normalize(self.protos, dim=-1).T
-        a = torch.softmax(sim * self.log_scale.exp(), dim=-1) * m  # [B, T, K], padding 0
+        a = self.assign(x, mask)  # [B, T, K], padding 0
         t = torch.where(mask, t, t[:, :1])
         first, last = t[:, :1], t.amax(1, keepdim=True)
         r = ((t - first) / (last - first).clamp(min=1e-6))[..., None]  # 0 at the first frame, 1 at the last
@@ -253,8 +263,11 @@ class STAN(nn.Module):
         self.project = InputProjection(in_dim, cfg.pca_dims) if cfg.pca_dims else None
         in_dim = cfg.pca_dims or in_dim
         self.events = EventSummary(in_dim, cfg.events, cfg.dim, cfg.event_pairs) if cfg.events else None
-        self.spatial = SpatialStream(cfg, in_dim) if use_s else None
-        self.temporal = TemporalStream(cfg, in_dim) if use_t else None
+        # the streams read the frames, or each frame's assignment to the summary's prototypes (K
+        # numbers instead of D: what a hundred videos can teach a transformer without memorising)
+        stream_in = cfg.events if cfg.stream_input == "events" else in_dim
+        self.spatial = SpatialStream(cfg, stream_in) if use_s else None
+        self.temporal = TemporalStream(cfg, stream_in) if use_t else None
         both = use_s and use_t
         self.fusion = cfg.fusion if both else "single" if use_s or use_t else "none"
         d = cfg.dim
@@ -271,6 +284,10 @@ class STAN(nn.Module):
             self.heads = nn.ModuleList(head(one, d, out_dim, cfg.dropout) for _ in range(2))
         else:
             self.heads = nn.ModuleList([head(self.embed_dim, d, out_dim, cfg.dropout)])
+        # aux_loss: every branch (each stream's readout, the summary) also has a head of its own,
+        # trained on the task by itself, so no branch is left unlearned behind one that fits faster
+        self.branch_heads = nn.ModuleList(head(w, d, out_dim, cfg.dropout) for w in self.branch_widths
+                                          ) if cfg.aux_loss else nn.ModuleList()
         self.apply(_init)
         for enc in (s.encoder for s in (self.spatial, self.temporal) if s is not None):
             nn.init.normal_(enc.cls, std=0.02)
@@ -291,19 +308,25 @@ class STAN(nn.Module):
         return mean if self.cfg.pool == "mean" else torch.cat([tokens[:, 0], mean], dim=-1)
 
     @property
-    def embed_dim(self) -> int:
-        """Width of `embed`'s output: both CLS tokens side by side, except for sum and one stream."""
+    def branch_widths(self) -> list[int]:
+        """Widths of the parts of `embed`'s output: each stream's readout (one for sum), the summary."""
         width = 2 * self.cfg.dim if self.cfg.pool == "both" else self.cfg.dim
-        width = 0 if self.fusion == "none" else width if self.fusion in ("sum", "single") else 2 * width
-        return width + (self.cfg.dim if self.events is not None else 0)
+        n = {"none": 0, "single": 1, "sum": 1}.get(self.fusion, 2)
+        return [width] * n + ([self.cfg.dim] if self.events is not None else [])
+
+    @property
+    def embed_dim(self) -> int:
+        """Width of `embed`'s output: both readouts side by side (one for sum and one stream), + summary."""
+        return sum(self.branch_widths)
 
     def embed(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The video's representation [B, embed_dim], what the head reads (and pre-training trains)."""
         if self.project is not None:
             x = self.project(x)  # padding stays padding: the streams zero it again
-        z = self.streams(x, t, mask)
+        x, t = _zero_padding(x, t, mask)
+        stream_x = self.events.assign(x, mask) if self.cfg.stream_input == "events" else x
+        z = self.streams(stream_x, t, mask)
         if self.events is not None:
-            x, t = _zero_padding(x, t, mask)
             z = torch.cat([z, self.events(x, t, mask)], dim=-1)
         return z
 
@@ -320,15 +343,36 @@ class STAN(nn.Module):
         cs, cu = self.readout(s, sm), self.readout(u, um)
         return cs + cu if self.fusion == "sum" else torch.cat([cs, cu], dim=-1)
 
+    def branches(self, z: torch.Tensor) -> list[torch.Tensor]:
+        return list(z.split(self.branch_widths, dim=-1))
+
+    def drop_branches(self, z: torch.Tensor) -> torch.Tensor:
+        """Training: each branch of `z` zeroed with probability `branch_drop` (never all of them),
+        so the head learns to read every branch alone and a fused model cannot lean on one."""
+        parts = self.branches(z)
+        keep = torch.rand(len(z), len(parts), device=z.device) >= self.cfg.branch_drop
+        none = ~keep.any(1)
+        keep[none, torch.randint(len(parts), (int(none.sum()),), device=z.device)] = True
+        return torch.cat([p * k[:, None].to(p.dtype) for p, k in zip(parts, keep.unbind(1), strict=True)], -1)
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Logits [B, out] from features x [B,T,D], timestamps t [B,T], mask [B,T] (True = real)."""
+        return self.outputs(x, t, mask)[0]
+
+    def outputs(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor
+                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(logits, each branch's own logits): the second is what aux_loss trains, only in training."""
         z = self.embed(x, t, mask)
+        aux = [h(p) for h, p in zip(self.branch_heads, self.branches(z), strict=True)] \
+            if self.training and len(self.branch_heads) else []
+        if self.training and self.cfg.branch_drop and len(self.branch_widths) > 1:
+            z = self.drop_branches(z)
         if self.fusion == "late":
             ev = self.cfg.dim if self.events is not None else 0
             d = (z.shape[1] - ev) // 2
             zs, zu, e = z[:, :d], z[:, d:2 * d], z[:, 2 * d:]
-            return (self.heads[0](torch.cat([zs, e], -1)) + self.heads[1](torch.cat([zu, e], -1))) / 2
-        return self.heads[0](z)
+            return (self.heads[0](torch.cat([zs, e], -1)) + self.heads[1](torch.cat([zu, e], -1))) / 2, aux
+        return self.heads[0](z), aux
 
 
 class MeanPool(nn.Module):
@@ -342,6 +386,9 @@ class MeanPool(nn.Module):
     def forward(self, x, t, mask):
         x, _ = _zero_padding(x, t, mask)
         return self.head(x.sum(1) / mask.sum(1, keepdim=True).clamp(min=1).to(x.dtype))
+
+    def outputs(self, x, t, mask) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        return self(x, t, mask), []
 
 
 def _init(mod: nn.Module) -> None:

@@ -47,7 +47,7 @@ PRETRAIN_FORMAT = 1
 # the options that shape the weights: a fine-tuning run must agree on all of them
 ARCHITECTURE = ("model", "streams", "fusion", "dim", "heads", "depth_spatial", "depth_temporal",
                 "depth_fusion", "clip_len", "mlp_ratio", "time_encoding", "pool", "pca_dims", "events",
-                "event_pairs")
+                "event_pairs", "stream_input", "aux_loss")
 
 
 class Decoder(nn.Module):
@@ -126,7 +126,7 @@ def pretrain(cache_dir: str | os.PathLike, out_dir: str | os.PathLike, config: C
         bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
     bar.close()
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
-             if not k.startswith("heads.")}
+             if not k.startswith(("heads.", "branch_heads."))}
     save_file(state, str(out / "model.safetensors"))
     write_json(out / "config.json", {
         "format": PRETRAIN_FORMAT, "kind": "pretrain", "in_dim": videos.dim, "videos": len(ids),
@@ -165,6 +165,6 @@ def load_pretrained(model: nn.Module, run_dir: str | os.PathLike, cfg: Config, i
         raise RunError(f"init {run} was pre-trained on features of another backbone or preprocessing")
     state = load_file(str(run / "model.safetensors"))
     missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or any(not k.startswith("heads.") for k in missing):
+    if unexpected or any(not k.startswith(("heads.", "branch_heads.")) for k in missing):
         raise RunError(f"init {run}: weights do not fit the model ({missing[:3]}, {unexpected[:3]})")
     return f"initialised from {run} (pre-trained on {meta['videos']} videos)"

@@ -443,9 +443,10 @@ def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: 
             y = y_all[torch.from_numpy(rows)].to(device)
             lr = lr_at(step, total, warm, cfg.lr)
             with autocast(device):
-                logits = model(x, t, m)
+                logits, aux = model.outputs(x, t, m)
             loss = loss_fn(task, logits, y)
-            optimizer_step(opt, model, loss + sparsity(model, cfg), lr, cfg.grad_clip)
+            extra = sum(loss_fn(task, a, y) for a in aux) * (cfg.aux_loss / max(1, len(aux)))
+            optimizer_step(opt, model, loss + extra + sparsity(model, cfg), lr, cfg.grad_clip)
             loss_sum += loss.item() * len(rows)
             seen += len(rows)
             step += 1

@@ -110,7 +110,7 @@ def test_metrics_files_hold_metrics_only_and_run_info_goes_beside_them(tmp_path)
     stan = json.loads((tmp_path / "m" / "stan.json").read_text())
     base = json.loads((tmp_path / "m" / "baseline.json").read_text())
     assert set(stan) == {"accuracy", "loss", "macro_f1"}
-    assert flat_keys(base) == {f"{m}.{k}" for m in ("linear", "mlp")
+    assert flat_keys(base) == {f"{m}.{k}" for m in ("linear", "minirocket", "mlp")
                                for k in ("accuracy", "loss", "macro_f1")}
     info = json.loads((tmp_path / "i" / "stan.json").read_text())
     assert info["split"] == "test" and info["videos"] == 6

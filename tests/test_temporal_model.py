@@ -33,9 +33,9 @@ def test_every_variant_runs_forward_and_backward_with_masks(model, streams, fusi
     torch.manual_seed(0)
     m = build_model(Config(model=model, streams=streams, fusion=fusion, **SMALL), 16, 5).train()
     x, t, mask = batch([7, 11, 2])
-    out = m(x, t, mask)
+    out, aux = m.outputs(x, t, mask)
     assert out.shape == (3, 5) and torch.isfinite(out).all()
-    out.logsumexp(-1).mean().backward()
+    (out.logsumexp(-1).mean() + sum(a.logsumexp(-1).mean() for a in aux)).backward()
     grads = [p.grad for p in m.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     if model == "stan":  # both streams' parameters are reached when both are on

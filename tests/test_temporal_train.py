@@ -36,14 +36,14 @@ def test_loss_falls_and_the_run_directory_is_complete(tmp_path):
     cache, labels = class_task(tmp_path, videos=48, classes=3, lengths=(8, 40))
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "metrics_test.json").write_text("{}")  # from an earlier run: must not survive
-    run = temporal.train(cache, labels, tmp_path / "run", TINY, epochs=6, patience=0, log=quiet)
+    run = temporal.train(cache, labels, tmp_path / "run", TINY, epochs=8, patience=0, log=quiet)
     files = {p.name for p in run.iterdir()}
     assert files == {"config.json", "model.safetensors", "history.csv", "summary.json"}
     hist = read_csv(run / "history.csv")
     cols = ["epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", "lr", "seconds"]
     assert list(hist[0]) == cols
     losses = [float(r["train_loss"]) for r in hist]
-    assert len(losses) == 6 and losses[-1] < 0.5 * losses[0]
+    assert len(losses) == 8 and losses[-1] < 0.5 * losses[0]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["val"]["accuracy"] > 0.9 and summary["videos"] == {"train": 24, "val": 12, "test": 12}
     meta = json.loads((run / "config.json").read_text())
@@ -70,7 +70,8 @@ def test_saved_run_reloads_in_a_fresh_process_and_reproduces_its_metrics(tmp_pat
     proc = cli("train", "--cache", cache, "--labels", labels, "--out", out,
                "--dim", 32, "--heads", 4, "--depth-spatial", 1, "--depth-temporal", 1, "--clip-len", 2,
                "--frames", 16, "--epochs", 4, "--lr", 3e-3, "--batch-size", 8, "--eval-views", 3)
-    assert "trained stan: event summary (K=24, pairs) on 18 videos" in proc.stdout  # the defaults
+    # the defaults
+    assert "trained stan: event summary (K=24, pairs) on 18 videos" in proc.stdout
     summary = json.loads((out / "summary.json").read_text())
     cli("evaluate", "--run", out, "--split", "val", "--metrics", tmp_path / "m.json",
         "--predictions", tmp_path / "p.csv")
@@ -88,8 +89,10 @@ def test_saved_run_reloads_in_a_fresh_process_and_reproduces_its_metrics(tmp_pat
 
 def test_stan_with_the_temporal_stream_learns_event_order_and_mean_pool_cannot(tmp_path):
     cache, labels = order_task(tmp_path, pairs=120, frames=16, event_len=2, dim=16)
+    # the two streams beside the event summary, each branch with a loss of its own and dropped at random
     cfg = dict(dim=64, heads=4, depth_spatial=1, depth_temporal=1, depth_fusion=1, clip_len=2, frames=16,
-               epochs=60, batch_size=16, lr=2e-3, patience=10, dropout=0.1, warmup=2)
+               epochs=60, batch_size=16, lr=2e-3, patience=10, dropout=0.1, warmup=2, streams="both",
+               aux_loss=1.0, branch_drop=0.5)
     run = temporal.train(cache, labels, tmp_path / "stan", cfg, log=quiet)
     stan = temporal.evaluate(run, "test", log=quiet)
     ref = temporal.baseline(cache, labels, tmp_path / "probe", cfg, log=quiet)
@@ -98,8 +101,10 @@ def test_stan_with_the_temporal_stream_learns_event_order_and_mean_pool_cannot(t
     assert ref["mlp"]["test"]["accuracy"] == pytest.approx(0.5)
     assert stan["accuracy"] >= 0.75, stan  # 48 test videos: chance would be 0.5 +- 0.07
     metrics = json.loads((tmp_path / "probe" / "metrics.json").read_text())
-    assert set(metrics) == {"linear", "mlp"} and metrics["linear"]["estimator"] == "logistic"
+    assert set(metrics) == {"linear", "minirocket", "mlp"} and metrics["linear"]["estimator"] == "logistic"
+    assert metrics["minirocket"]["estimator"] == "ridge" and metrics["minirocket"]["test"]["videos"] == 48
     assert (tmp_path / "probe" / "predictions_linear_test.csv").exists()
+    assert (tmp_path / "probe" / "predictions_minirocket_test.csv").exists()
 
 
 def test_multi_label_and_regression_train_and_evaluate(tmp_path):
