@@ -110,7 +110,10 @@ def test_cli_predicts_new_videos_extracted_like_the_training_cache(tmp_path):
     want = temporal.load_run(run).predict(c.features("v1.mp4"), c.timestamps("v1.mp4"))
     np.testing.assert_allclose([float(got["again.mp4"][k]) for k in ("prob_c0", "prob_c1")], want, atol=1e-6)
     (made,) = (run / "predict-cache").iterdir()
-    np.testing.assert_array_equal(storage.open_cache(made).features("again.mp4"), c.features("v1.mp4"))
+    # the same model on the same frames; fp32 kernels may round the last float16 bit another way
+    # when a video is extracted in another batch (measured: 1 of 1920 numbers, by 2.4e-7)
+    np.testing.assert_allclose(storage.open_cache(made).features("again.mp4").astype(np.float32),
+                               c.features("v1.mp4").astype(np.float32), rtol=2e-3, atol=1e-6)
     proc = cli("predict", "--run", run, "--videos", new, "--out", tmp_path / "p2.csv")  # reuses the cache
     assert "0 done, 2 skipped (already cached)" in proc.stdout
     assert read_csv(tmp_path / "p2.csv") == read_csv(tmp_path / "p.csv")
