@@ -153,6 +153,15 @@ def _crop_to(img: Image.Image, size: tuple[int, int]) -> Image.Image:
     return img.resize(size, Image.BILINEAR, box=box)
 
 
+def footage_window(clip: list[Image.Image], rate: float, n: int, fps: float, size: tuple[int, int],
+                   rng: np.random.Generator) -> np.ndarray:
+    """[n, H, W, 3]: a random window of a decoded clip at its own speed (slower if too short)."""
+    step = min(rate / fps, (len(clip) - 1) / max(1, n - 1))
+    first = rng.uniform(0, len(clip) - 1 - step * (n - 1))
+    idx = np.round(first + np.arange(n) * step).astype(int)
+    return np.stack([np.asarray(_crop_to(clip[i], size)) for i in idx])
+
+
 class Renderer:
     """Frames of shots, each shot rendered once (a group's videos re-use the same frames)."""
 
@@ -171,12 +180,8 @@ class Renderer:
         rng = np.random.default_rng(seed)
         n = round(seconds * self.cfg.fps)
         src = self._source(source)
-        if isinstance(src, tuple):  # footage: a window of the clip at its own speed (slower if too short)
-            clip, rate = src
-            step = min(rate / self.cfg.fps, (len(clip) - 1) / max(1, n - 1))
-            first = rng.uniform(0, len(clip) - 1 - step * (n - 1))
-            idx = np.round(first + np.arange(n) * step).astype(int)
-            return np.stack([np.asarray(_crop_to(clip[i], self.size)) for i in idx])
+        if isinstance(src, tuple):
+            return footage_window(*src, n, self.cfg.fps, self.size, rng)
         return np.stack(list(pan_zoom(src, n, self.size, rng)))  # a photo: a slow pan and zoom
 
     def frames(self, shot: Shot) -> np.ndarray:
@@ -194,20 +199,27 @@ class Renderer:
 
 def make_eventbench(out_dir: str | Path, cfg: EventBenchConfig, progress: bool = True) -> dict[str, Path]:
     """Write `videos/g###_v#.mp4` and `labels/{order,count,where,content}.csv` under `out_dir`."""
+    return write_benchmark(out_dir, cfg, plan_group, Renderer, TASKS, "eventbench", progress)
+
+
+def write_benchmark(out_dir: str | Path, cfg, plan, renderer, tasks: tuple[str, ...], name: str,
+                    progress: bool = True) -> dict[str, Path]:
+    """Render every group's videos (`plan(group, cfg)`: shots and labels; `renderer(cfg).video`)
+    to `videos/g###_v#.mp4` and write one `labels/<task>.csv` per task, unlabelled groups left out."""
     from storage.console import progress as progress_bar
 
     out_dir = Path(out_dir)
     (out_dir / "videos").mkdir(parents=True, exist_ok=True)
     (out_dir / "labels").mkdir(parents=True, exist_ok=True)
     rows = []
-    for g in progress_bar(range(cfg.groups), desc="eventbench", unit="group", enabled=progress):
-        render = Renderer(cfg)
-        for v, (shots, labels) in enumerate(plan_group(g, cfg)):
+    for g in progress_bar(range(cfg.groups), desc=name, unit="group", enabled=progress):
+        render = renderer(cfg)
+        for v, (shots, labels) in enumerate(plan(g, cfg)):
             vid = f"g{g:03d}_v{v}.mp4"
             write_video(out_dir / "videos" / vid, render.video(shots), fps=cfg.fps, gop=int(cfg.fps * 4))
             rows.append((vid, labels, split_of(g)))
     paths = {}
-    for task in TASKS:
+    for task in tasks:
         paths[task] = out_dir / "labels" / f"{task}.csv"
         with paths[task].open("w", newline="") as f:
             w = csv.writer(f)

@@ -25,16 +25,15 @@ everything is drawn from `numpy.random.default_rng([seed, group])`.
 
 from __future__ import annotations
 
-import csv
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from extract.synth import write_video
 from pipeline.demo import pan_zoom, photo
-from pipeline.eventbench import _clip_frames, _crop_to, split_of
+from pipeline.eventbench import _clip_frames, footage_window, write_benchmark
 
 FILLERS = ("brick", "camera", "cell", "coins", "grass", "gravel", "hubble_deep_field",
            "immunohistochemistry", "moon", "page", "retina", "text")
@@ -129,11 +128,7 @@ class Renderer:
         seconds = REPEAT_S if shot.kind == "novel" else shot.seconds
         n = round(seconds * self.cfg.fps)
         if shot.kind == "clip":
-            clip, rate = _clip_frames(shot.source)
-            step = min(rate / self.cfg.fps, (len(clip) - 1) / max(1, n - 1))
-            first = rng.uniform(0, len(clip) - 1 - step * (n - 1))
-            return np.stack([np.asarray(_crop_to(clip[i], self.size))
-                             for i in np.round(first + np.arange(n) * step).astype(int)])
+            return footage_window(*_clip_frames(shot.source), n, self.cfg.fps, self.size, rng)
         img = photo(shot.source)
         if shot.kind == "zoom":
             return np.stack(list(zoom_in(img, n, self.size, rng)))
@@ -151,6 +146,10 @@ class Renderer:
             f = f[np.clip(len(f) - step - np.arange(len(f)), 0, None)]
         return f
 
+    def video(self, shots: list[Shot]) -> Iterator[np.ndarray]:
+        for s in shots:
+            yield from self.frames(s)
+
 
 def zoom_in(img: Image.Image, n: int, out: tuple[int, int], rng: np.random.Generator):
     """`n` frames zooming from the whole photo to a fifth of it, around a random centre."""
@@ -167,24 +166,4 @@ def zoom_in(img: Image.Image, n: int, out: tuple[int, int], rng: np.random.Gener
 
 def make_timebench(out_dir: str | Path, cfg: TimeBenchConfig, progress: bool = True) -> dict[str, Path]:
     """Write `videos/g###_v#.mp4` and `labels/{repeat,direction,interval,scene}.csv` under `out_dir`."""
-    from storage.console import progress as progress_bar
-
-    out_dir = Path(out_dir)
-    (out_dir / "videos").mkdir(parents=True, exist_ok=True)
-    (out_dir / "labels").mkdir(parents=True, exist_ok=True)
-    rows = []
-    for g in progress_bar(range(cfg.groups), desc="timebench", unit="group", enabled=progress):
-        render = Renderer(cfg)
-        for v, (shots, labels) in enumerate(plan_group(g, cfg)):
-            vid = f"g{g:03d}_v{v}.mp4"
-            frames = (f for s in shots for f in render.frames(s))
-            write_video(out_dir / "videos" / vid, frames, fps=cfg.fps, gop=int(cfg.fps * 4))
-            rows.append((vid, labels, split_of(g)))
-    paths = {}
-    for task in TASKS:
-        paths[task] = out_dir / "labels" / f"{task}.csv"
-        with paths[task].open("w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["video_id", "label", "split"])
-            w.writerows((vid, lab[task], split) for vid, lab, split in rows if split != "unlabelled")
-    return paths
+    return write_benchmark(out_dir, cfg, plan_group, Renderer, TASKS, "timebench", progress)

@@ -1,5 +1,6 @@
 """STAN: a spatial and a temporal transformer stream over cached frame embeddings, an event
-summary beside them, fused (the default builds all three: `streams: both`, `events: 24`).
+summary beside them, fused (`streams: both`, `events: 24`; the default today is the summary
+alone, `streams: none`, which the streams do not yet beat: docs/ablations.md).
 
     x [B,T,D], t [B,T], mask [B,T]       (x → its pca_dims whitened principal components, if set)
       ├─ spatial : Linear(D→d)+LN per frame, +time(t), [CLS], L_s blocks          → S [B,1+T,d]

@@ -47,7 +47,7 @@ PRETRAIN_FORMAT = 1
 # the options that shape the weights: a fine-tuning run must agree on all of them
 ARCHITECTURE = ("model", "streams", "fusion", "dim", "heads", "depth_spatial", "depth_temporal",
                 "depth_fusion", "clip_len", "mlp_ratio", "time_encoding", "pool", "pca_dims", "events",
-                "event_pairs", "stream_input", "aux_loss")
+                "event_pairs", "stream_input")  # not aux_loss: the branch heads are never pre-trained
 
 
 class Decoder(nn.Module):
