@@ -28,16 +28,10 @@ def norm(params) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     import temporal
+    from temporal.dataset import load_data
+    from temporal.loop import fit_without_labels, loss_fn, param_groups, train_batch
     from temporal.model import build_model
-    from temporal.train import (
-        fit_without_labels,
-        load_data,
-        loss_fn,
-        param_groups,
-        sparsity,
-        targets_tensor,
-        train_batch,
-    )
+    from temporal.train import sparsity, targets_tensor
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", required=True)

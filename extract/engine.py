@@ -16,18 +16,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import platform
 import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import torch
-
 import storage
-from extract.backbone import Backbone, device_for, load_backbone
+from extract.backbone import Backbone, device_for, load_backbone, provenance
 from extract.batcher import DECODER_NICE, Extractor, decoder_count, set_threads
 from extract.config import ExtractConfig, ExtractError
 from extract.decoder import kill_all, spawn_decoder
@@ -78,20 +74,6 @@ class Summary:
                 f"{fail}; {self.frames} frames in {self.seconds:.1f} s "
                 f"({self.fps:.1f} frames/s while extracting, {self.precision or '?'}"
                 f"{compiled}) -> {self.cache}")
-
-
-def provenance(bb: Backbone) -> dict:
-    import av
-    import decord
-    import timm
-
-    return {
-        "python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
-        "decord": decord.__version__, "av": av.__version__, "numpy": np.__version__,
-        "weights_source": bb.source, "device": str(bb.device), "host": socket.gethostname(),
-        "memory_format": "channels_last" if bb.channels_last else "contiguous",
-        "compiled": bb.compile_seconds > 0,
-    }
 
 
 def run(config: ExtractConfig, videos_dir: str | os.PathLike, out_dir: str | os.PathLike,

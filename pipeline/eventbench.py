@@ -137,7 +137,7 @@ def footage_path(name: str) -> Path:
     return path
 
 
-def _clip_frames(name: str) -> tuple[list[Image.Image], float]:
+def clip_frames(name: str) -> tuple[list[Image.Image], float]:
     import av
 
     with av.open(str(footage_path(name))) as c:
@@ -173,7 +173,7 @@ class Renderer:
 
     def _source(self, name: str):
         if name not in self.sources:
-            self.sources[name] = _clip_frames(name) if name in ORDER_EVENTS else photo(name)
+            self.sources[name] = clip_frames(name) if name in ORDER_EVENTS else photo(name)
         return self.sources[name]
 
     def _render(self, source: str, seconds: int, seed: int) -> np.ndarray:

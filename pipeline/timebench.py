@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.demo import pan_zoom, photo
-from pipeline.eventbench import _clip_frames, footage_window, write_benchmark
+from pipeline.eventbench import clip_frames, footage_window, write_benchmark
 
 FILLERS = ("brick", "camera", "cell", "coins", "grass", "gravel", "hubble_deep_field",
            "immunohistochemistry", "moon", "page", "retina", "text")
@@ -128,7 +128,7 @@ class Renderer:
         seconds = REPEAT_S if shot.kind == "novel" else shot.seconds
         n = round(seconds * self.cfg.fps)
         if shot.kind == "clip":
-            return footage_window(*_clip_frames(shot.source), n, self.cfg.fps, self.size, rng)
+            return footage_window(*clip_frames(shot.source), n, self.cfg.fps, self.size, rng)
         img = photo(shot.source)
         if shot.kind == "zoom":
             return np.stack(list(zoom_in(img, n, self.size, rng)))

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from storage import durable, index, lock
-from storage.durable import TMP_MARK
+from storage.durable import TMP_MARK, listdir
 from storage.errors import CacheBusy, CacheError, FingerprintMismatch
 from storage.ids import check_video_id
 from storage.info import (
@@ -75,12 +75,9 @@ def read_failures(root: str | os.PathLike) -> dict[str, dict]:
 def _load_index(root: Path | ObjectPath) -> tuple[list[dict], bool]:
     entries, current = index.load_with_state(root)
     lost = not entries and not index.made(root)  # made with the cache: absent = lost (or never made)
-    if lost and any(SHARD_NAME.match(n) for n in _listdir(root / "shards")):
+    if lost and any(SHARD_NAME.match(n) for n in listdir(root / "shards")):
         raise CacheError(f"{root}: the shards have no index; {rebuild_hint(root)}")
     return sorted(entries.values(), key=lambda e: shard_number(e["shard"])), current
-
-
-_listdir = durable.listdir
 
 
 @dataclass
@@ -315,13 +312,13 @@ class CacheWriter:
         # Safe only because we hold the lock: nobody else is writing here. A complete shard without
         # an index entry was never committed (a crash between its data and its entry).
         last = -1
-        for name in _listdir(self.root / "shards"):
+        for name in listdir(self.root / "shards"):
             base = name.split(TMP_MARK)[0]
             last = max(last, shard_number(base))
             if TMP_MARK in name or (SHARD_NAME.match(name) and name not in committed):
                 durable.remove_path(self.root / "shards" / name)
         for d in (self.root, self.root / index.INDEX_DIR):
-            for name in _listdir(d):
+            for name in listdir(d):
                 if TMP_MARK in name:
                     durable.remove_path(d / name)
         return last

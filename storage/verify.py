@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from storage import durable, index, lock
-from storage.cache import _listdir, lock_cache
+from storage.cache import lock_cache
+from storage.durable import listdir
 from storage.errors import CacheError, CorruptShardError
 from storage.info import CACHE_JSON, CACHE_VERSION, fingerprint_diff, read_cache_json, write_cache_json
 from storage.location import as_path
@@ -42,7 +43,7 @@ class Report:
 
 
 def _shard_files(root: Path) -> list[Path]:
-    names = [n for n in _listdir(root / "shards") if SHARD_NAME.match(n)]
+    names = [n for n in listdir(root / "shards") if SHARD_NAME.match(n)]
     return [root / "shards" / n for n in sorted(names, key=shard_number)]
 
 
@@ -133,7 +134,7 @@ def verify(root: str | os.PathLike, checksums: bool = True) -> Report:
         groups = "; ".join(f"{len(v)} shard(s) ({v[0]}, ...) with {k}" for k, v in fingerprints.items())
         rep.problems.append(f"{root}: the shards were extracted with different settings: {groups}")
     rep.videos = len(seen)
-    stale = [n for n in _listdir(root / "shards") if TMP_MARK in n]
+    stale = [n for n in listdir(root / "shards") if TMP_MARK in n]
     if stale:
         rep.notes.append(f"{len(stale)} unfinished temporary shard(s) from an interrupted run "
                          "(ignored; removed when extraction resumes)")

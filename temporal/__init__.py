@@ -14,7 +14,8 @@ from temporal.config import Config, ConfigError, load_config_file
 from temporal.labels import LabelError, read_labels
 from temporal.model import STAN, MeanPool, build_model
 from temporal.predict import predict_videos
-from temporal.train import Run, RunError, evaluate, load_run, train
+from temporal.run import Run, RunError, evaluate, load_run
+from temporal.train import train
 
 __all__ = [
     "STAN", "Config", "ConfigError", "LabelError", "MeanPool", "Run", "RunError", "baseline", "build_model",

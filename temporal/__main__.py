@@ -24,7 +24,7 @@ from storage.settings import field_types
 from temporal.baseline import BASELINE_OPTIONS
 from temporal.config import CHOICES, Config, ConfigError, as_config, load_config_file, option_help
 from temporal.labels import LabelError
-from temporal.train import EVAL_OVERRIDES, RunError
+from temporal.run import EVAL_OVERRIDES, RunError
 
 _METAVAR = {int: "N", float: "X", str: "NAME"}
 
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "evaluate":
             ov = {k: v for k, v in _overrides(args).items() if k in EVAL_OVERRIDES}
-            from temporal.train import evaluate
+            from temporal.run import evaluate
 
             evaluate(args.run, args.split, args.metrics, args.predictions, args.cache, args.labels, log=say,
                      **ov)

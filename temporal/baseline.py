@@ -21,8 +21,11 @@ from sklearn.preprocessing import StandardScaler
 
 from storage.files import write_json
 from temporal.config import Config, ConfigError, as_config
+from temporal.dataset import load_data
 from temporal.metrics import better, clean, compute_metrics, scores_loss
-from temporal.train import evaluate, load_data, train, write_predictions
+from temporal.run import evaluate
+from temporal.scoring import write_predictions
+from temporal.train import train
 
 STRENGTHS = (0.01, 0.1, 1.0, 10.0)  # C for logistic regression; ridge uses alpha = 1 / C
 # MiniRocket's ~10 000 standardised features need a stronger ridge (alpha = 1 / strength: 10 ... 10^4)

@@ -289,6 +289,10 @@ class STAN(nn.Module):
         # trained on the task by itself, so no branch is left unlearned behind one that fits faster
         self.branch_heads = nn.ModuleList(head(w, d, out_dim, cfg.dropout) for w in self.branch_widths
                                           ) if cfg.aux_loss else nn.ModuleList()
+        # which output predicts: -1 the fused head, i branch i's own head. Training picks it by val
+        # loss each epoch, so the model is never worse on val than its best branch (docs/ablations.md)
+        if len(self.branch_heads):
+            self.register_buffer("selected", torch.tensor(-1))
         self.apply(_init)
         for enc in (s.encoder for s in (self.spatial, self.temporal) if s is not None):
             nn.init.normal_(enc.cls, std=0.02)
@@ -314,6 +318,17 @@ class STAN(nn.Module):
         width = 2 * self.cfg.dim if self.cfg.pool == "both" else self.cfg.dim
         n = {"none": 0, "single": 1, "sum": 1}.get(self.fusion, 2)
         return [width] * n + ([self.cfg.dim] if self.events is not None else [])
+
+    @property
+    def branch_names(self) -> list[str]:
+        streams = {"none": [], "single": [self.cfg.streams], "sum": ["streams"]}.get(self.fusion,
+                                                                                 ["spatial", "temporal"])
+        return streams + (["summary"] if self.events is not None else [])
+
+    @property
+    def output_names(self) -> list[str]:
+        """Names of `outputs`' logits, in order: the fused head, then each branch head (aux_loss)."""
+        return ["fused"] + (self.branch_names if len(self.branch_heads) else [])
 
     @property
     def embed_dim(self) -> int:
@@ -357,15 +372,18 @@ class STAN(nn.Module):
         return torch.cat([p * k[:, None].to(p.dtype) for p, k in zip(parts, keep.unbind(1), strict=True)], -1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Logits [B, out] from features x [B,T,D], timestamps t [B,T], mask [B,T] (True = real)."""
-        return self.outputs(x, t, mask)[0]
+        """Logits [B, out] from features x [B,T,D], timestamps t [B,T], mask [B,T] (True = real):
+        the fused head's, or the branch head's that training selected."""
+        logits, aux = self.outputs(x, t, mask)
+        k = int(self.selected) if len(aux) else -1
+        return logits if k < 0 else aux[k]
 
     def outputs(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor
                 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """(logits, each branch's own logits): the second is what aux_loss trains, only in training."""
+        """(fused logits, each branch head's logits): aux_loss trains the second (empty without it)."""
         z = self.embed(x, t, mask)
-        aux = [h(p) for h, p in zip(self.branch_heads, self.branches(z), strict=True)] \
-            if self.training and len(self.branch_heads) else []
+        aux = [h(p) for h, p in zip(self.branch_heads, self.branches(z), strict=True)
+               ] if len(self.branch_heads) else []
         if self.training and self.cfg.branch_drop and len(self.branch_widths) > 1:
             z = self.drop_branches(z)
         if self.fusion == "late":
@@ -390,6 +408,8 @@ class MeanPool(nn.Module):
 
     def outputs(self, x, t, mask) -> tuple[torch.Tensor, list[torch.Tensor]]:
         return self(x, t, mask), []
+
+    output_names = ("head",)
 
 
 def _init(mod: nn.Module) -> None:

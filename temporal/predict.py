@@ -20,15 +20,15 @@ from pathlib import Path
 
 import storage
 from storage.info import fingerprint_diff
-from temporal.train import RunError, check_fingerprint, load_run, open_videos, recorded_path, write_scores
-
-RANDOM_INIT = "random init (seed "
+from temporal.dataset import open_videos
+from temporal.run import RunError, check_fingerprint, load_run, recorded_path
+from temporal.scoring import write_scores
 
 
 def extract_config(meta: dict, provenance: dict | None = None, weights: str | None = None,
                    device: str = "auto"):
     """The `extract.ExtractConfig` that reproduces the fingerprint of the cache a run was trained on."""
-    from extract.backbone import PRECISIONS
+    from extract.backbone import PRECISIONS, weights_from_text
     from extract.config import ExtractConfig
 
     fp = meta["fingerprint"]
@@ -38,7 +38,8 @@ def extract_config(meta: dict, provenance: dict | None = None, weights: str | No
     sampling = dict(fp["sampling"])
     policy = sampling.pop("policy")
     precision = {name: p for p, (_, name) in PRECISIONS.items()}[fp["compute"]]
-    source = (provenance or {}).get("weights_source", "")
+    provenance = provenance or {}
+    source = provenance.get("weights") or weights_from_text(provenance.get("weights_source", ""))
     kw: dict = {"model": fp["model"], "model_kwargs": fp["model_kwargs"], "dtype": fp["dtype"],
                 "precision": precision, "max_frames": sampling.get("max_frames"), "device": device,
                 "fps": sampling[policy] if policy == "fps" else None}
@@ -46,10 +47,10 @@ def extract_config(meta: dict, provenance: dict | None = None, weights: str | No
         kw[policy] = sampling[policy]
     if weights:
         kw["weights"] = weights
-    elif source.startswith("file "):  # "file PATH (by name)": the path as given at extraction
-        kw["weights"] = source[len("file "):].rsplit(" (", 1)[0]
-    elif source.startswith(RANDOM_INIT):
-        kw["pretrained"], kw["seed"] = False, int(source[len(RANDOM_INIT):].rstrip(")"))
+    elif source["kind"] == "file":  # the path as given at extraction
+        kw["weights"] = source["path"]
+    elif source["kind"] == "random":
+        kw["pretrained"], kw["seed"] = False, source["seed"]
     return ExtractConfig(**kw)
 
 

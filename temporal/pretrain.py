@@ -12,7 +12,6 @@ its head) and history.csv.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from pathlib import Path
@@ -28,22 +27,22 @@ from storage.console import progress
 from storage.device import pick_device
 from storage.files import write_json
 from temporal.config import Config, ConfigError, as_config
-from temporal.data import principal_components, upcoming
-from temporal.model import build_model, sinusoid
-from temporal.train import (
-    RunError,
-    _write_history,
+from temporal.data import principal_components
+from temporal.dataset import open_videos
+from temporal.loop import (
+    Schedule,
     augment,
+    cpu_weights,
+    epoch_batches,
     feature_std,
     fit_without_labels,
-    lr_at,
-    open_videos,
+    make_optimizer,
     optimizer_step,
-    param_groups,
-    train_batch,
 )
+from temporal.model import build_model, sinusoid
+from temporal.run import RUN_FORMAT, RunError, read_meta, write_history
 
-PRETRAIN_FORMAT = 1
+PER_TASK = ("heads.", "branch_heads.", "selected")  # what fine-tuning learns anew: never pre-trained
 # the options that shape the weights: a fine-tuning run must agree on all of them
 ARCHITECTURE = ("model", "streams", "fusion", "dim", "heads", "depth_spatial", "depth_temporal",
                 "depth_fusion", "clip_len", "mlp_ratio", "time_encoding", "pool", "pca_dims", "events",
@@ -95,10 +94,9 @@ def pretrain(cache_dir: str | os.PathLike, out_dir: str | os.PathLike, config: C
     mean_t, proj_t = mean.to(device), proj[:, :targets].to(device)
     decoder = Decoder(model.embed_dim, proj_t.shape[1]).to(device)
     params = nn.ModuleList([model, decoder])
-    opt = torch.optim.AdamW(param_groups(params, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
+    opt = make_optimizer(params, cfg, device)
     rows = np.arange(len(ids))
-    steps_per_epoch = math.ceil(len(rows) / cfg.batch_size)
-    total, warm = cfg.epochs * steps_per_epoch, round(cfg.warmup * steps_per_epoch)
+    schedule = Schedule.of(cfg, len(rows))
     log(f"pre-training on {len(ids)} unlabelled videos ({int(videos.lengths.sum())} frames), "
         f"{proj_t.shape[1]} target dims, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params "
         f"on {device}")
@@ -107,29 +105,23 @@ def pretrain(cache_dir: str | os.PathLike, out_dir: str | os.PathLike, config: C
     for epoch in bar:
         params.train()
         loss_sum, seen = 0.0, 0
-        perm = rng.permutation(rows)
-        for b in range(0, len(perm), cfg.batch_size):
-            sel = perm[b:b + cfg.batch_size]
-            x, t, m = train_batch(videos, sel, cfg, rng, device)
-            videos.prefetch(upcoming(perm, b, cfg.batch_size))
+        for sel, x, t, m in epoch_batches(videos, rows, cfg, rng, device):
             target = (x - mean_t) @ proj_t  # what the clean frames were, dropped ones included
             xa, ma = augment(x, m, cfg, std, rng)
             pred = decoder(model.embed(xa, t, ma), t)
             loss = _masked_mean(F.mse_loss(pred, target, reduction="none").mean(-1), m)
-            optimizer_step(opt, params, loss, lr_at(step, total, warm, cfg.lr), cfg.grad_clip)
+            optimizer_step(opt, params, loss, schedule(step), cfg.grad_clip)
             loss_sum += loss.item() * len(sel)
             seen += len(sel)
             step += 1
         history.append({"epoch": epoch, "loss": loss_sum / seen, "lr": opt.param_groups[0]["lr"],
                         "seconds": round(time.time() - t0, 3)})
-        _write_history(out / "history.csv", history)
+        write_history(out / "history.csv", history)
         bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
     bar.close()
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
-             if not k.startswith(("heads.", "branch_heads."))}
-    save_file(state, str(out / "model.safetensors"))
+    save_file(cpu_weights(model, skip=PER_TASK), str(out / "model.safetensors"))
     write_json(out / "config.json", {
-        "format": PRETRAIN_FORMAT, "kind": "pretrain", "in_dim": videos.dim, "videos": len(ids),
+        "format": RUN_FORMAT, "kind": "pretrain", "in_dim": videos.dim, "videos": len(ids),
         "targets": int(proj_t.shape[1]), "fingerprint": cache.fingerprint, "cache": str(cache_dir),
         "config": cfg.to_dict(), "final_loss": history[-1]["loss"],
         "train_seconds": round(time.time() - t0, 2)})
@@ -147,15 +139,8 @@ def _masked_mean(err: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def load_pretrained(model: nn.Module, run_dir: str | os.PathLike, cfg: Config, in_dim: int,
                     fingerprint: dict | None = None) -> str:
     """Load a pre-training run's weights into `model` (everything but the head); returns a note."""
-    import json
-
     run = Path(run_dir)
-    try:
-        meta = json.loads((run / "config.json").read_text())
-    except FileNotFoundError:
-        raise RunError(f"init {run}: not a pre-training run (no config.json)") from None
-    if meta.get("kind") != "pretrain" or meta.get("format") != PRETRAIN_FORMAT:
-        raise RunError(f"init {run}: not a pre-training run of this version ({meta.get('kind')!r})")
+    meta = read_meta(run, kind="pretrain")
     theirs = meta["config"]
     differ = [f"{k}={theirs.get(k)!r} (here {getattr(cfg, k)!r})" for k in ARCHITECTURE
               if theirs.get(k) != getattr(cfg, k)]
@@ -165,6 +150,6 @@ def load_pretrained(model: nn.Module, run_dir: str | os.PathLike, cfg: Config, i
         raise RunError(f"init {run} was pre-trained on features of another backbone or preprocessing")
     state = load_file(str(run / "model.safetensors"))
     missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or any(not k.startswith(("heads.", "branch_heads.")) for k in missing):
+    if unexpected or any(not k.startswith(PER_TASK) for k in missing):
         raise RunError(f"init {run}: weights do not fit the model ({missing[:3]}, {unexpected[:3]})")
     return f"initialised from {run} (pre-trained on {meta['videos']} videos)"

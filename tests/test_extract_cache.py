@@ -14,7 +14,7 @@ import torch
 
 import storage
 from extract import ExtractConfig, ExtractError, run
-from extract.backbone import build_model, load_backbone, state_digest
+from extract.backbone import create_timm_model, load_backbone, state_digest
 from extract.synth import write_video
 from tests.testing import REPO, TINY_CLI, assert_same, index_frames, run_module, tiny
 
@@ -64,7 +64,7 @@ def test_features_equal_backbone_on_the_same_decoded_frames(reference, videos):
     from PIL import Image
     from timm.data import create_transform, resolve_data_config
 
-    model, _ = build_model(tiny(), num_classes=0)
+    model, _ = create_timm_model(tiny(), num_classes=0)
     dc = resolve_data_config({}, model=model)
     dc["input_size"] = (3, 32, 32)
     tf = create_transform(**dc)
@@ -199,7 +199,7 @@ def test_offline_pretrained_error_names_the_ways_out(monkeypatch, videos, tmp_pa
 def test_local_weights_safetensors_and_state_dict(tmp_path):
     from safetensors.torch import save_file
 
-    model, _ = build_model(tiny(seed=7))  # with its classifier, as a checkpoint would be
+    model, _ = create_timm_model(tiny(seed=7))  # with its classifier, as a checkpoint would be
     sd = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(sd, tmp_path / "w.safetensors")
     torch.save({"state_dict": sd}, tmp_path / "w.pth")

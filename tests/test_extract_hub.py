@@ -13,7 +13,7 @@ from timm.models._hub import save_for_hf
 
 import storage
 from extract import ExtractConfig, ExtractError
-from extract.backbone import build_model, load_backbone, state_digest
+from extract.backbone import create_timm_model, describe_weights, load_backbone, state_digest
 from tests.testing import run_module, tiny
 
 HUB_NAME = "hf-hub:timm/test_vit.cache_made_here"
@@ -58,15 +58,15 @@ def test_hub_name_loads_from_the_local_cache_offline(offline_hub):
     assert torch.allclose(bb.embed(x), saved(bb.normalize(x)), atol=1e-5)
     # a hub name the cache does not hold: a clear error with the ways out, not a hang
     with pytest.raises(ExtractError, match=r"(?s)not in the local Hugging Face cache.*--weights"):
-        build_model(ExtractConfig(model="hf-hub:timm/test_vit.not_cached"))
+        create_timm_model(ExtractConfig(model="hf-hub:timm/test_vit.not_cached"))
 
 
 def test_unknown_model_gets_a_did_you_mean():
     with pytest.raises(ExtractError, match=r"unknown timm model 'vit_tiny_patch16_244'.*did you mean "
                                            r"'vit_tiny_patch16_224'"):
-        build_model(ExtractConfig(model="vit_tiny_patch16_244", pretrained=False))
+        create_timm_model(ExtractConfig(model="vit_tiny_patch16_244", pretrained=False))
     with pytest.raises(ExtractError, match="hf-hub:timm/foo/bar"):  # a repo id without its source prefix
-        build_model(ExtractConfig(model="timm/foo/bar", pretrained=False))
+        create_timm_model(ExtractConfig(model="timm/foo/bar", pretrained=False))
 
 
 def test_weights_file_goes_through_timms_checkpoint_filter(tmp_path):
@@ -75,11 +75,11 @@ def test_weights_file_goes_through_timms_checkpoint_filter(tmp_path):
     from safetensors.torch import save_file
     from timm.layers import resample_abs_pos_embed
 
-    small, _ = build_model(tiny(seed=3))
+    small, _ = create_timm_model(tiny(seed=3))
     save_file({k: v.contiguous() for k, v in small.state_dict().items()}, tmp_path / "w.safetensors")
     big = tiny(weights=str(tmp_path / "w.safetensors"), model_kwargs={"img_size": 64, "depth": 2})
-    model, source = build_model(big)
-    assert source.endswith("(timm checkpoint filter)")
+    model, source = create_timm_model(big)
+    assert source == {"kind": "file", "path": big.weights, "how": "timm checkpoint filter"}
     assert model.pos_embed.shape[1] == 1 + 16 != small.pos_embed.shape[1]
     expect = resample_abs_pos_embed(small.pos_embed, (4, 4), num_prefix_tokens=1)
     torch.testing.assert_close(model.pos_embed, expect)
@@ -87,8 +87,8 @@ def test_weights_file_goes_through_timms_checkpoint_filter(tmp_path):
     # a checkpoint without the classifier: timm's strict load refuses it, our by-name mapping takes it
     save_file({k: v.contiguous() for k, v in small.state_dict().items() if not k.startswith("head.")},
               tmp_path / "headless.safetensors")
-    _, source = build_model(tiny(weights=str(tmp_path / "headless.safetensors")))
-    assert source.endswith("(by name)")
+    _, source = create_timm_model(tiny(weights=str(tmp_path / "headless.safetensors")))
+    assert source["how"] == "by name" and describe_weights(source).endswith("(by name)")
 
 
 @pytest.mark.slow

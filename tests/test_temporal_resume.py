@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 
 import temporal
 from temporal.checkpoint import CHECKPOINT, checkpoint_state
+from temporal.run import RunError
 from temporal.synth import class_task
-from temporal.train import RunError
 from tests.test_temporal_train import TINY, cli, quiet, read_csv
 from tests.testing import REPO
 

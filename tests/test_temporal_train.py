@@ -8,8 +8,8 @@ import pytest
 
 import storage
 import temporal
+from temporal.run import RunError
 from temporal.synth import class_task, order_task, regression_task, write_cache, write_labels
-from temporal.train import RunError
 from tests.testing import run_module
 
 TINY = dict(streams="both", dim=32, heads=4, depth_spatial=1, depth_temporal=1, depth_fusion=1, clip_len=2,
@@ -197,7 +197,7 @@ def test_a_regression_run_evaluates_on_labels_without_train_rows(tmp_path):
 
 
 def test_cls_and_mask_tokens_are_not_weight_decayed():
-    from temporal.train import param_groups
+    from temporal.loop import param_groups
 
     model = temporal.build_model(temporal.Config(**{**TINY, "frames": 8}), 16, 3)
     decayed, kept = param_groups(model, 0.05)

@@ -1,0 +1,169 @@
+"""The mechanics of a training step and an epoch, shared by `train` and `pretrain`: batches,
+augmentation, the loss, the AdamW step and its learning-rate schedule, what is fitted before training."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from temporal.config import Config
+from temporal.data import (
+    AnyVideos,
+    Clip,
+    collate,
+    frame_sample,
+    principal_components,
+    prototypes,
+    sample_frames,
+    upcoming,
+)
+
+
+def autocast(device: torch.device):
+    # bf16 needs no loss scaling; on the CPU we stay in float32 (exact, reproducible)
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def loss_fn(task: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    logits = logits.float()
+    if task == "single":
+        return F.cross_entropy(logits, y)
+    if task == "multi":
+        return F.binary_cross_entropy_with_logits(logits, y)
+    return F.mse_loss(logits[:, 0], y)
+
+
+def to_scores(task: str, logits: torch.Tensor) -> torch.Tensor:
+    logits = logits.float()
+    if task == "single":
+        return logits.softmax(-1)
+    if task == "multi":
+        return logits.sigmoid()
+    return logits[:, 0]
+
+
+def lr_at(step: int, total: int, warmup: int, lr: float) -> float:
+    """Linear warm-up, then cosine decay to lr/10 (not 0: early stopping rarely reaches the end)."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def no_decay(name: str, p: torch.nn.Parameter) -> bool:
+    """Biases, norms and learned tokens (CLS, mask) are not shrunk; weight matrices are (nanoGPT)."""
+    return p.dim() < 2 or name.rsplit(".", 1)[-1] in ("cls", "mask_token")
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return [{"params": [p for n, p in named if not no_decay(n, p)], "weight_decay": weight_decay},
+            {"params": [p for n, p in named if no_decay(n, p)], "weight_decay": 0.0}]
+
+
+def fit_without_labels(model: torch.nn.Module, videos: AnyVideos, rows, cfg: Config,
+                       pca: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    """Fit what STAN takes from the frames alone before training, on videos `rows` (no label read):
+    the PCA input map (`pca_dims`, or `pca` when already computed) and the event prototypes."""
+    project, events = getattr(model, "project", None), getattr(model, "events", None)
+    rng = np.random.default_rng(cfg.seed)
+    if project is not None:
+        pca = pca or principal_components(videos, rows, cfg.pca_dims, rng)
+        project.fit(*(torch.from_numpy(a) for a in pca))
+    if events is not None:
+        X = frame_sample(videos, rows, rng)
+        if project is not None:
+            X = (X - pca[0]) @ pca[1][:, : cfg.pca_dims]
+        events.fit(torch.from_numpy(prototypes(X, cfg.events, cfg.seed)))
+
+
+def train_batch(videos: AnyVideos, rows, cfg: Config, rng: np.random.Generator, device: torch.device):
+    """One training batch: `cfg.frames` frames sampled from each video, padded, on the device."""
+    clips = [Clip(int(i), sample_frames(int(videos.lengths[i]), cfg.frames, cfg.sampling, rng)) for i in rows]
+    return collate(videos, clips, device)
+
+
+def feature_std(videos: AnyVideos, rng: np.random.Generator, max_frames: int = 5000) -> np.ndarray:
+    """[D] float32: each feature's spread over (a sample of) the videos' frames; noise is scaled by it."""
+    v = rng.integers(len(videos), size=max_frames)
+    f = np.array([int(rng.integers(videos.lengths[i])) for i in v], dtype=np.int64)
+    return videos.gather(v, f).astype(np.float32).std(0) + 1e-6
+
+
+def augment(x: torch.Tensor, mask: torch.Tensor, cfg: Config, std: torch.Tensor | None,
+            rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Feature-space augmentation: Gaussian noise (`aug_noise` x each feature's std) and frames
+    dropped at random (`aug_drop`, by masking: every video keeps at least its first frame)."""
+    if cfg.aug_noise > 0:
+        noise = torch.randn(x.shape, generator=_torch_rng(rng)).to(x.device)
+        x = x + cfg.aug_noise * std * noise
+    if cfg.aug_drop > 0:
+        keep = torch.from_numpy(rng.random(tuple(mask.shape)) >= cfg.aug_drop).to(mask.device)
+        keep[:, 0] = True
+        mask = mask & keep
+    return x, mask
+
+
+def _torch_rng(rng: np.random.Generator) -> torch.Generator:
+    return torch.Generator().manual_seed(int(rng.integers(1 << 62)))
+
+
+def optimizer_step(opt: torch.optim.Optimizer, params: torch.nn.Module, loss: torch.Tensor, lr: float,
+                   grad_clip: float) -> None:
+    """One AdamW step at learning rate `lr`, gradients clipped to norm `grad_clip` (0: off)."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params.parameters(), grad_clip)
+    opt.step()
+
+
+def make_optimizer(module: torch.nn.Module, cfg: Config, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over `module` (weight decay on weight matrices only), with fused kernels on CUDA."""
+    return torch.optim.AdamW(param_groups(module, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95),
+                             fused=device.type == "cuda")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The learning rate of each optimiser step over `cfg.epochs` epochs (see `lr_at`)."""
+
+    lr: float
+    total: int  # steps
+    warmup: int  # steps
+
+    @classmethod
+    def of(cls, cfg: Config, videos: int) -> Schedule:
+        per_epoch = math.ceil(videos / cfg.batch_size)
+        return cls(cfg.lr, cfg.epochs * per_epoch, round(cfg.warmup * per_epoch))
+
+    def __call__(self, step: int) -> float:
+        return lr_at(step, self.total, self.warmup, self.lr)
+
+
+def epoch_batches(videos: AnyVideos, rows, cfg: Config, rng: np.random.Generator, device: torch.device
+                  ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """One epoch: `rows` in a fresh random order, `cfg.batch_size` videos at a time, as (rows, x, t,
+    mask); the next batch's features are read while this one computes."""
+    perm = rng.permutation(rows)
+    for b in range(0, len(perm), cfg.batch_size):
+        sel = perm[b:b + cfg.batch_size]
+        x, t, m = train_batch(videos, sel, cfg, rng, device)
+        videos.prefetch(upcoming(perm, b, cfg.batch_size))
+        yield sel, x, t, m
+
+
+def cpu_weights(model: torch.nn.Module, skip: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """The model's state on the CPU, contiguous (as safetensors saves it), less keys starting with `skip`."""
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+            if not (skip and k.startswith(skip))}
