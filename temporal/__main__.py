@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("train", help="train STAN (or the mean-pool MLP) from the cache")
-    p.add_argument("--cache", type=Path, required=True, help="feature cache folder")
+    p.add_argument("--cache", required=True, help="feature cache: a folder or an fsspec URL")
     p.add_argument("--labels", type=Path, required=True, help="CSV video_id,label,split")
     p.add_argument("--out", type=Path, required=True, help="run directory to write")
     p.add_argument("--config", type=Path, help="YAML/JSON of options (flat or under `temporal:`)")
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_config_options(p)
 
     p = sub.add_parser("pretrain", help="self-supervised pre-training on the unlabelled cache")
-    p.add_argument("--cache", type=Path, required=True, help="feature cache folder")
+    p.add_argument("--cache", required=True, help="feature cache: a folder or an fsspec URL")
     p.add_argument("--out", type=Path, required=True, help="run directory to write (train --init reads it)")
     p.add_argument("--holdout", type=Path, metavar="LABELS.csv",
                    help="leave out the videos of this labels file's test split (labels are not read)")
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="split to evaluate (default: test)")
     p.add_argument("--metrics", type=Path, help="metrics JSON (default RUN/metrics_SPLIT.json)")
     p.add_argument("--predictions", type=Path, help="predictions CSV (default RUN/predictions_SPLIT.csv)")
-    p.add_argument("--cache", type=Path, help="default: the cache the run was trained on")
+    p.add_argument("--cache", help="default: the cache the run was trained on (folder or URL)")
     p.add_argument("--labels", type=Path, help="default: the labels the run was trained on")
     _add_config_options(p, only=EVAL_OVERRIDES, as_trained=True)
 
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--videos", type=Path, metavar="DIR|LIST",
                      help="folder searched recursively for videos, or a text file listing them")
-    src.add_argument("--cache", type=Path, help="an existing cache made like the run's")
+    src.add_argument("--cache", help="an existing cache made like the run's (folder or URL)")
     p.add_argument("--cache-out", type=Path, metavar="DIR",
                    help="cache to extract --videos into (default RUN/predict-cache/<folder>-<hash>)")
     p.add_argument("--weights", metavar="FILE",
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("baseline", help="mean-pool + scikit-learn linear model, and a mean-pool MLP",
                        description="The reference figures beside STAN: each video's features averaged, "
                                    "then a linear model (and a small MLP); lists only the options they read.")
-    p.add_argument("--cache", type=Path, required=True, help="feature cache folder")
+    p.add_argument("--cache", required=True, help="feature cache: a folder or an fsspec URL")
     p.add_argument("--labels", type=Path, required=True, help="CSV video_id,label,split")
     p.add_argument("--out", type=Path, required=True, help="folder for metrics.json, predictions and OUT/mlp")
     p.add_argument("--config", type=Path, help="YAML/JSON of options (flat or under `temporal:`)")

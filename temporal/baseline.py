@@ -33,7 +33,7 @@ ROCKET_STRENGTHS = (1e-4, 1e-3, 1e-2, 1e-1)
 # STAN's own switches: the mean-pool baselines never read them (the MLP takes `dim` and `dropout`)
 STAN_ONLY = ("model", "streams", "fusion", "heads", "depth_spatial", "depth_temporal", "depth_fusion",
              "clip_len", "mlp_ratio", "time_encoding", "pool", "events", "event_pairs", "event_l1",
-             "stream_input", "aux_loss", "branch_drop",
+             "stream_input", "aux_loss", "branch_drop", "time_bias", "recurrence",
              "pca_dims", "init")
 BASELINE_OPTIONS = tuple(f.name for f in dataclasses.fields(Config) if f.name not in STAN_ONLY)
 

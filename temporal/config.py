@@ -50,6 +50,8 @@ class Config:
     dropout: float = 0.1
     time_encoding: str = "timestamp"  # timestamp (seconds) | index (frame position) | none
     pool: str = "mean"  # a stream's summary: its CLS token | the mean of its frame tokens | both
+    time_bias: bool = False  # attention logits minus slope_h x |t_i - t_j| in seconds (ALiBi in time)
+    recurrence: bool = False  # the temporal stream also reads how alike each frame is to frames near and far
     events: int = 24  # K>0: an event summary (share, mean position, onsets of K learned prototypes); 0: off
     event_pairs: bool = True  # the event summary also reads, per pair of prototypes, which comes first
     event_l1: float = 0.3  # group-lasso weight on the event summary's numbers (events > 0): >0 keeps few

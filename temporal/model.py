@@ -21,6 +21,7 @@ times), so a padded video gives the same output as the same video alone.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -45,12 +46,15 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, ctx: torch.Tensor, ctx_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ctx: torch.Tensor, ctx_mask: torch.Tensor,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
         B, N, d = x.shape
         M, h = ctx.shape[1], self.heads
         q = self.q(x).view(B, N, h, d // h).transpose(1, 2)  # [B, h, N, d/h]
         k, v = self.kv(ctx).view(B, M, 2, h, d // h).permute(2, 0, 3, 1, 4)  # 2 x [B, h, M, d/h]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx_mask[:, None, None, :])
+        keys = ctx_mask[:, None, None, :]
+        mask = keys if bias is None else bias.to(q.dtype).masked_fill(~keys, float("-inf"))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.drop(self.proj(y.transpose(1, 2).reshape(B, N, d)))
 
 
@@ -68,10 +72,10 @@ class Block(nn.Module):
                                  nn.Dropout(dropout))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, ctx: torch.Tensor | None = None,
-                ctx_mask: torch.Tensor | None = None) -> torch.Tensor:
+                ctx_mask: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
         h = self.ln1(x)
         kv, kv_mask = (h, mask) if self.ln_ctx is None else (self.ln_ctx(ctx), ctx_mask)
-        x = x + self.attn(h, kv, kv_mask)
+        x = x + self.attn(h, kv, kv_mask, bias)
         return x + self.mlp(self.ln2(x))
 
 
@@ -103,11 +107,23 @@ class TimeEncoding(nn.Module):
         return self.proj(sinusoid(t, self.proj.in_features, min_period=0.3))
 
 
+def time_bias(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """[B, heads, 1+T, 1+T] attention-logit biases: -slope_h x |t_i - t_j| (seconds) between frame
+    tokens, 0 to and from the CLS token in front. Slopes 2, 1/2, 1/8 ... per second, and 0 for the
+    last head, so heads see from about a second around a frame to the whole video (ALiBi, with
+    time in seconds instead of token positions: the same at any sampling rate)."""
+    slopes = torch.tensor([2.0 ** (1 - 2 * k) for k in range(heads - 1)] + [0.0], device=t.device)
+    dist = (t[:, :, None] - t[:, None, :]).abs().float()  # [B, T, T]
+    return F.pad(-slopes[None, :, None, None] * dist[:, None], (1, 0, 1, 0))
+
+
 class Encoder(nn.Module):
-    """Tokens + time encoding, a CLS token in front, L blocks, final LayerNorm."""
+    """Tokens + time encoding, a CLS token in front, L blocks (`time_bias`: with ALiBi-style
+    biases in seconds), final LayerNorm."""
 
     def __init__(self, cfg: Config, depth: int):
         super().__init__()
+        self.heads = cfg.heads if cfg.time_bias else 0
         self.time = TimeEncoding(cfg.dim, cfg.time_encoding)
         self.cls = nn.Parameter(torch.zeros(1, 1, cfg.dim))
         self.drop = nn.Dropout(cfg.dropout)
@@ -120,8 +136,9 @@ class Encoder(nn.Module):
         x = tokens + self.time(t)
         x = self.drop(torch.cat([self.cls.expand(len(x), -1, -1), x], dim=1))
         mask = torch.cat([mask.new_ones(len(x), 1), mask], dim=1)  # CLS is always a valid key
+        bias = time_bias(t, self.heads) if self.heads else None
         for block in self.blocks:
-            x = block(x, mask)
+            x = block(x, mask, bias=bias)
         return self.ln(x), mask
 
 
@@ -138,22 +155,55 @@ class SpatialStream(nn.Module):
         return self.encoder(self.embed(x), t, mask)
 
 
+RECURRENCE_EDGES = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, float("inf"))  # seconds, |t_j - t_i|
+
+
+def recurrence(x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[B, T, 4 x 7]: for each frame i and each bin of time offsets t_j - t_i (before and after,
+    |offset| in (0,1], (1,2], ... (32, inf) seconds), the highest and the mean cosine similarity
+    of frame i to the frames j there (0 where the bin is empty). Content-agnostic, like the
+    temporal self-similarity matrix of RepNet: a shot that comes back shows as similarity far
+    away across a gap of dissimilar frames, whatever the shot is."""
+    xn = F.normalize(x.float(), dim=-1)
+    sim = xn @ xn.transpose(1, 2)  # [B, T, T]
+    dt = t[:, None, :] - t[:, :, None]  # t_j - t_i
+    valid = mask[:, None, :] & mask[:, :, None]
+    out = []
+    for sign in (-1.0, 1.0):
+        for lo, hi in itertools.pairwise(RECURRENCE_EDGES):
+            inbin = valid & (sign * dt > lo) & (sign * dt <= hi)
+            n = inbin.sum(-1)
+            top = sim.masked_fill(~inbin, -2.0).amax(-1)
+            out += [torch.where(n > 0, top, 0.0), (sim * inbin).sum(-1) / n.clamp(min=1)]
+    return torch.stack(out, dim=-1).to(x.dtype) * mask[..., None].to(x.dtype)
+
+
+RECURRENCE_DIM = 4 * (len(RECURRENCE_EDGES) - 1)
+
+
 class TemporalStream(nn.Module):
-    """Change over time: [x_i, x_i − x_{i−1}] grouped into clips of k frames, one token per clip,
-    so a T-frame video costs T/k tokens."""
+    """Change over time: [x_i, x_i − x_{i−1}] (with `recurrence`, also frame i's similarity to
+    the frames before and after it) grouped into clips of k frames, one token per clip, so a
+    T-frame video costs T/k tokens."""
 
     def __init__(self, cfg: Config, in_dim: int):
         super().__init__()
         self.k = cfg.clip_len
-        self.conv = nn.Conv1d(2 * in_dim, cfg.dim, kernel_size=self.k, stride=self.k)
+        self.recurrence = cfg.recurrence
+        extra = RECURRENCE_DIM if cfg.recurrence else 0
+        self.conv = nn.Conv1d(2 * in_dim + extra, cfg.dim, kernel_size=self.k, stride=self.k)
         self.ln = nn.LayerNorm(cfg.dim)
         self.encoder = Encoder(cfg, cfg.depth_temporal)
 
-    def forward(self, x, t, mask):
+    def forward(self, x, t, mask, frames: torch.Tensor | None = None):
+        """`frames`: the features recurrence compares (the raw frames when x is their assignments)."""
         x, t = _zero_padding(x, t, mask)
         diff = torch.cat([torch.zeros_like(x[:, :1]), x[:, 1:] - x[:, :-1]], dim=1)
         diff = diff * mask[..., None].to(x.dtype)  # no step from the last real frame into padding
-        z = torch.cat([x, diff], dim=-1)
+        parts = [x, diff]
+        if self.recurrence:
+            parts.append(recurrence(x if frames is None else frames, t, mask))
+        z = torch.cat(parts, dim=-1)
         pad = (-z.shape[1]) % self.k  # zero-pad to whole clips, as a padded batch would be
         z = F.pad(z, (0, 0, 0, pad))
         tokens = self.ln(self.conv(z.transpose(1, 2)).transpose(1, 2))  # [B, T/k, d]
@@ -341,19 +391,21 @@ class STAN(nn.Module):
             x = self.project(x)  # padding stays padding: the streams zero it again
         x, t = _zero_padding(x, t, mask)
         stream_x = self.events.assign(x, mask) if self.cfg.stream_input == "events" else x
-        z = self.streams(stream_x, t, mask)
+        z = self.streams(stream_x, t, mask, frames=x)
         if self.events is not None:
             z = torch.cat([z, self.events(x, t, mask)], dim=-1)
         return z
 
-    def streams(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def streams(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor, frames: torch.Tensor
+                ) -> torch.Tensor:
         if self.fusion == "none":  # the event summary alone (an ablation)
             return x.new_zeros(len(x), 0)
         if self.fusion == "single":
-            stream = self.spatial if self.spatial is not None else self.temporal
-            return self.readout(*stream(x, t, mask))
+            if self.spatial is not None:
+                return self.readout(*self.spatial(x, t, mask))
+            return self.readout(*self.temporal(x, t, mask, frames))
         s, sm = self.spatial(x, t, mask)
-        u, um = self.temporal(x, t, mask)
+        u, um = self.temporal(x, t, mask, frames)
         for to_u, to_s in self.cross:  # bidirectional: both directions read the previous layer
             s, u = to_u(s, sm, u, um), to_s(u, um, s, sm)
         cs, cu = self.readout(s, sm), self.readout(u, um)

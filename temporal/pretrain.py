@@ -44,9 +44,10 @@ from temporal.run import RUN_FORMAT, RunError, read_meta, write_history
 
 PER_TASK = ("heads.", "branch_heads.", "selected")  # what fine-tuning learns anew: never pre-trained
 # the options that shape the weights: a fine-tuning run must agree on all of them
+# (not aux_loss: the branch heads are never pre-trained)
 ARCHITECTURE = ("model", "streams", "fusion", "dim", "heads", "depth_spatial", "depth_temporal",
                 "depth_fusion", "clip_len", "mlp_ratio", "time_encoding", "pool", "pca_dims", "events",
-                "event_pairs", "stream_input")  # not aux_loss: the branch heads are never pre-trained
+                "event_pairs", "stream_input", "time_bias", "recurrence")
 
 
 class Decoder(nn.Module):
@@ -141,9 +142,9 @@ def load_pretrained(model: nn.Module, run_dir: str | os.PathLike, cfg: Config, i
     """Load a pre-training run's weights into `model` (everything but the head); returns a note."""
     run = Path(run_dir)
     meta = read_meta(run, kind="pretrain")
-    theirs = meta["config"]
-    differ = [f"{k}={theirs.get(k)!r} (here {getattr(cfg, k)!r})" for k in ARCHITECTURE
-              if theirs.get(k) != getattr(cfg, k)]
+    theirs = Config.from_dict(meta["config"])  # an option newer than the run reads as its default
+    differ = [f"{k}={getattr(theirs, k)!r} (here {getattr(cfg, k)!r})" for k in ARCHITECTURE
+              if getattr(theirs, k) != getattr(cfg, k)]
     if differ:
         raise ConfigError(f"init {run} was pre-trained with another architecture: " + ", ".join(differ))
     if meta["in_dim"] != in_dim or (fingerprint is not None and meta["fingerprint"] != fingerprint):

@@ -28,6 +28,7 @@ from safetensors.torch import load_file
 from storage.device import pick_device
 from storage.durable import TMP_MARK, atomic_write
 from storage.files import write_json
+from storage.location import ObjectPath, as_path, is_remote
 from temporal.checkpoint import CHECKPOINT
 from temporal.config import Config
 from temporal.data import (
@@ -80,14 +81,18 @@ def recorded_paths(cache_dir, labels_csv, out: Path) -> dict:
     """The cache and labels paths a run records: absolute, and relative to the run (for a moved tree)."""
     paths = {}
     for key, p in (("cache", cache_dir), ("labels", labels_csv)):
-        p = Path(p).resolve()
+        p = as_path(p)
+        if is_remote(p):  # an fsspec URL: the same from anywhere
+            paths[key] = p.url
+            continue
+        p = p.resolve()
         paths[key], paths[f"{key}_from_run"] = str(p), os.path.relpath(p, out.resolve())
     return paths
 
 
-def recorded_path(run: Path, meta: dict, key: str) -> Path:
+def recorded_path(run: Path, meta: dict, key: str) -> Path | ObjectPath:
     """The `cache` or `labels` path a run recorded, found from any working directory."""
-    tried = [Path(meta[key])]
+    tried = [as_path(meta[key])]
     if f"{key}_from_run" in meta:
         tried.append(run / meta[f"{key}_from_run"])
     for p in tried:
@@ -192,7 +197,7 @@ def evaluate(run_dir: str | os.PathLike, split: str = "test", metrics_path: str 
     run = Path(run_dir)
     loaded = load_run(run, **overrides)
     model, cfg, meta, device = loaded.model, loaded.config, loaded.meta, loaded.device
-    cache_dir = Path(cache_dir) if cache_dir is not None else recorded_path(run, meta, "cache")
+    cache_dir = as_path(cache_dir) if cache_dir is not None else recorded_path(run, meta, "cache")
     labels_csv = Path(labels_csv) if labels_csv is not None else recorded_path(run, meta, "labels")
     data = load_data(cache_dir, labels_csv, cfg, task=meta["task"], classes=meta["classes"] or None, log=log,
                      training=False)

@@ -37,31 +37,36 @@ def imported_modules(path: Path) -> set[str]:
     return mods
 
 
-def test_each_stage_depends_on_its_own_script_and_exactly_the_params_it_reads():
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+@pytest.mark.parametrize("pipeline", ["dvc.yaml", "eventbench/dvc.yaml"])
+def test_each_stage_depends_on_its_own_script_and_exactly_the_params_it_reads(pipeline):
+    """Both pipelines: the demo's, and the events benchmark's (its paths one folder down, the
+    project's params.yaml read as ../params.yaml, its prepare stage the eventbench script)."""
+    stages = yaml.safe_load((REPO / pipeline).read_text())["stages"]
+    up = "../" if "/" in pipeline else ""
     scripts = stage_scripts()
-    assert set(stages) == set(scripts) - {"eventbench"}  # the events benchmark's own prepare
-    bench = yaml.safe_load((REPO / "eventbench" / "dvc.yaml").read_text())["stages"]
-    for name, stage in bench.items():  # its stages run the same scripts, its prepare its own
-        script = "eventbench" if name == "prepare" else name
-        assert stage.get("do", stage)["cmd"].startswith(f"python -m pipeline.stages.{script} "), name
-        assert f"../pipeline/stages/{script}.py" in stage.get("do", stage)["deps"], name
+    script_of = {name: "eventbench" if up and name == "prepare" else name for name in stages}
+    if not up:
+        assert set(stages) == set(scripts) - {"eventbench"}  # the events benchmark's own prepare
     for name, stage in stages.items():
-        stage = stage.get("do", stage)
+        stage, script = stage.get("do", stage), script_of[name]
         deps = set(stage["deps"])
-        own = f"pipeline/stages/{name}.py"
-        assert stage["cmd"].startswith(f"python -m pipeline.stages.{name} "), name
-        assert own in deps and not {f"pipeline/stages/{s}.py" for s in scripts} - {own} & deps, name
-        for mod in imported_modules(scripts[name]):  # what the script imports is a dependency
+        own = f"{up}pipeline/stages/{script}.py"
+        assert stage["cmd"].startswith(f"python -m pipeline.stages.{script} "), name
+        assert own in deps and not {f"{up}pipeline/stages/{s}.py" for s in scripts} - {own} & deps, name
+        for mod in imported_modules(scripts[script]):  # what the script imports is a dependency
             top = mod.split(".")[0]
             if top == "pipeline":
-                assert f"{mod.replace('.', '/')}.py" in deps, (name, mod)
+                assert f"{up}{mod.replace('.', '/')}.py" in deps, (name, mod)
             elif top in ("extract", "temporal", "storage"):
-                assert top in deps, (name, mod)
-        if {"extract", "temporal"} & deps:
-            assert "storage" in deps, name  # both stages import it
-        module = importlib.import_module(f"pipeline.stages.{name}")
-        assert [str(p) for p in stage.get("params", [])] == module.PARAMS, name
+                assert f"{up}{top}" in deps, (name, mod)
+        if {f"{up}extract", f"{up}temporal"} & deps:
+            assert f"{up}storage" in deps, name  # both stages import it
+        params = stage.get("params", [])
+        if up and params and script != "eventbench":  # the project's params, per key as in the demo's
+            assert len(params) == 1 and list(params[0]) == ["../params.yaml"], name
+            params = params[0]["../params.yaml"]
+        module = importlib.import_module(f"pipeline.stages.{script}")
+        assert [str(p) for p in params] == module.PARAMS, name
 
 
 def test_stage_params_follow_the_config_classes():

@@ -282,3 +282,24 @@ def test_a_run_interrupted_before_the_lasso_existed_resumes_without_it(tmp_path)
     check_resumable(tmp_path, state, temporal.Config(**TINY, event_l1=0.0), {"f": 1})
     with pytest.raises(RunError, match=r"event_l1: 0\.0 -> 0\.3"):
         check_resumable(tmp_path, state, temporal.Config(**TINY), {"f": 1})
+
+
+def test_stage_two_reads_a_cache_on_an_fsspec_url(tmp_path):
+    """Stage one writes caches to object stores: train, evaluate and the CLI read one there, and the
+    run records the URL (local:// is fsspec's object-store protocol on a folder, which a CLI
+    subprocess can see; memory:// could not be)."""
+    import shutil
+
+    from storage.location import ObjectPath, as_path
+
+    cache, labels = class_task(tmp_path, videos=24, classes=2, lengths=(8, 20))
+    shutil.copytree(cache, tmp_path / "bucket" / "cache")
+    url = f"local://{tmp_path / 'bucket' / 'cache'}"
+    assert isinstance(as_path(url), ObjectPath)
+    run = temporal.train(url, labels, tmp_path / "run", TINY, epochs=2, log=quiet)
+    assert json.loads((run / "config.json").read_text())["cache"] == as_path(url).url
+    local = temporal.train(cache, labels, tmp_path / "local", TINY, epochs=2, log=quiet)
+    assert temporal.evaluate(run, log=quiet) == temporal.evaluate(local, log=quiet)  # the same features
+    out = cli("evaluate", "--run", str(run), "--cache", url, "--metrics", str(tmp_path / "m.json"))
+    assert out.returncode == 0, out.stderr
+    assert json.loads((tmp_path / "m.json").read_text())["videos"] == 6
