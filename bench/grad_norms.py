@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     over = {k: json.loads(v) if v[:1].isdigit() or v in ("true", "false") else v
             for k, _, v in (s.partition("=") for s in a.set)}
-    cfg = temporal.Config(**over)
+    cfg = temporal.as_config(over)
     data = load_data(a.cache, a.labels, cfg, log=lambda *_: None)
     task = data.labels.task
     model = build_model(cfg, data.videos.dim, 1 if task == "regression" else len(data.labels.classes))
@@ -51,16 +51,16 @@ def main(argv: list[str] | None = None) -> int:
     y_all = targets_tensor(data, range(len(data.labels)), 0.0, 1.0)
     parts = {k: getattr(model, k) for k in ("spatial", "temporal", "cross", "events", "heads", "branch_heads")
              if getattr(model, k, None) is not None}
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
-    rng = np.random.default_rng(cfg.seed)
+    opt = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=(0.9, 0.95))
+    rng = np.random.default_rng(cfg.optim.seed)
     model.train()
     for step in range(a.steps):
-        rows = rng.choice(data.train, cfg.batch_size, replace=False)
-        x, t, m = train_batch(data.videos, rows, cfg, rng, torch.device("cpu"))
+        rows = rng.choice(data.train, cfg.optim.batch_size, replace=False)
+        x, t, m = train_batch(data.videos, rows, cfg.data, rng, torch.device("cpu"))
         logits, aux = model.outputs(x, t, m)
         y = y_all[torch.from_numpy(rows)]
         loss = loss_fn(task, logits, y)
-        extra = sum(loss_fn(task, p, y) for p in aux) * (cfg.aux_loss / max(1, len(aux)))
+        extra = sum(loss_fn(task, p, y) for p in aux) * (cfg.loss.aux_loss / max(1, len(aux)))
         opt.zero_grad()
         (loss + extra).backward(retain_graph=True)
         task_norms = {k: round(norm(p.parameters()), 4) for k, p in parts.items()}
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             lasso = norm(model.parameters())
         opt.zero_grad()
         (loss + extra + penalty).backward()
-        total = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf")))
+        total = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or float("inf")))
         opt.step()
         if step % a.every == 0 or step == a.steps - 1:
             print(json.dumps({"step": step, "loss": round(loss.item(), 4), "total_grad": round(total, 3),

@@ -101,15 +101,16 @@ def run_one(job: dict) -> dict:
     import torch
 
     import temporal
+    from temporal.config import PRETRAIN_OPTIONS
     from temporal.labels import read_labels
-    from temporal.pretrain import ARCHITECTURE, pretrain
+    from temporal.pretrain import pretrain
 
     torch.set_num_threads(1)
     over = dict(job["overrides"])
     labels = Path(job["labels"]) / f"{job['task']}.csv"
     out = Path(job["out"]) / "runs" / job["task"] / job["variant"] / f"s{job['seed']}_f{job['fraction']:g}"
-    cfg = temporal.Config.from_dict({k: v for k, v in over.items()
-                                     if k not in ("pretrain_epochs", "linear", "minirocket")})
+    cfg = temporal.as_config({k: v for k, v in over.items()
+                              if k not in ("pretrain_epochs", "linear", "minirocket")})
     cfg = cfg.replace(seed=job["seed"], train_fraction=job["fraction"])
     res = {k: job[k] for k in ("task", "variant", "seed", "fraction")}
     probe = "linear" if over.get("linear") else "minirocket" if over.get("minirocket") else None
@@ -117,8 +118,7 @@ def run_one(job: dict) -> dict:
         r = temporal.baseline(job["cache"], labels, out, cfg, mlp=False, log=_quiet, probes=(probe,))[probe]
         return {**res, "test": r["test"], "val": r.get("val")}
     if over.get("pretrain_epochs"):
-        arch = {k: getattr(cfg, k) for k in (*ARCHITECTURE, "frames", "lr", "batch_size", "aug_noise",
-                                              "aug_drop", "dropout", "weight_decay", "seed")}
+        arch = {p: cfg.get(p) for p in PRETRAIN_OPTIONS if p != "device"}
         arch["epochs"] = over["pretrain_epochs"]
         key = hashlib.sha1(json.dumps(arch, sort_keys=True).encode()).hexdigest()[:10]
         pre = Path(job["out"]) / "pretrain" / key

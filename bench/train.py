@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -53,8 +54,6 @@ from temporal.synth import write_cache, write_labels
 from temporal.train import sparsity
 
 LENGTHS = (120, 750, 3000)
-MODEL_KEYS = ("streams", "fusion", "dim", "depth_spatial", "depth_temporal", "depth_fusion", "heads",
-              "clip_len", "frames", "batch_size")
 
 
 def synthetic_cache(root: Path, videos: int, frames: int, dim: int, seed: int = 0) -> tuple[Path, Path]:
@@ -80,23 +79,24 @@ def step_split(videos, lab, cfg: temporal.Config, steps: int) -> np.ndarray:
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     model = temporal.build_model(cfg, videos.dim, len(lab.classes)).to(device).train()
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    opt = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr)
     y_all = torch.from_numpy(lab.target_array(list(range(len(lab)))))
-    bs = cfg.batch_size
+    bs = cfg.optim.batch_size
     order = np.concatenate([rng.choice(len(lab), size=bs, replace=False) for _ in range(steps + 5)])
     times = []
     for s in range(steps + 2):  # the first two steps warm up allocators and kernels
         rows = order[s * bs:(s + 1) * bs]
         sync(device)
         c0, t0 = time.process_time(), time.perf_counter()
-        x, t, m = train_batch(videos, rows, cfg, rng, device)
+        x, t, m = train_batch(videos, rows, cfg.data, rng, device)
         y = y_all[torch.from_numpy(rows)].to(device)
         videos.prefetch(upcoming(order, s * bs, bs))  # as temporal.train does
         sync(device)
         t1 = time.perf_counter()
         with autocast(device):
             logits = model(x, t, m)
-        optimizer_step(opt, model, loss_fn("single", logits, y) + sparsity(model, cfg), cfg.lr, cfg.grad_clip)
+        loss = loss_fn("single", logits, y) + sparsity(model, cfg)
+        optimizer_step(opt, model, loss, cfg.optim.lr, cfg.optim.grad_clip)
         sync(device)
         times.append((t1 - t0, time.perf_counter() - t1, time.process_time() - c0))
     return np.array(times[2:])
@@ -130,7 +130,7 @@ def step_memory_vs_lazy(cache: Path, labels: Path, cfg: temporal.Config, steps: 
     out["lazy_step_over_memory_step"] = round(out["lazy"]["step_ms"] / out["memory"]["step_ms"], 3)
     # the CPU a lazy step costs beyond an in-memory one (reading, decoding), as a share of its CPU
     out["lazy_extra_cpu_fraction"] = round(1 - out["memory"]["cpu_ms"] / out["lazy"]["cpu_ms"], 4)
-    out.update(steps=steps, rounds=rounds, batch_size=cfg.batch_size, frames=cfg.frames,
+    out.update(steps=steps, rounds=rounds, batch_size=cfg.optim.batch_size, frames=cfg.data.frames,
                feature_bytes=feature_bytes(reader, lab.ids))
     return out
 
@@ -145,7 +145,7 @@ def epoch_vs_extraction(cache: Path, labels: Path, cfg: temporal.Config, root: P
 
     device = pick_device(cfg.device)
     net = timm.create_model(args.backbone, pretrained=False, num_classes=0).to(device).eval()
-    x = torch.randn(cfg.batch_size, 3, 224, 224, device=device)
+    x = torch.randn(cfg.optim.batch_size, 3, 224, 224, device=device)
     with torch.inference_mode(), autocast(device):
         net(x)  # warm-up
         sync(device)
@@ -153,7 +153,7 @@ def epoch_vs_extraction(cache: Path, labels: Path, cfg: temporal.Config, root: P
         for _ in range(args.backbone_batches):
             net(x)
         sync(device)
-    fps = args.backbone_batches * cfg.batch_size / (time.perf_counter() - t0)
+    fps = args.backbone_batches * cfg.optim.batch_size / (time.perf_counter() - t0)
     frames = args.videos * args.frames_per_video
     extract_s = frames / fps
     return {"videos": args.videos, "frames_per_video": args.frames_per_video,
@@ -174,19 +174,19 @@ def memory_child(length: int, frames: int, cfg: temporal.Config, in_dim: int) ->
     device = pick_device(cfg.device)
     torch.manual_seed(0)
     model = temporal.build_model(cfg, in_dim, 4).to(device).train()
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    opt = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr)
     rng = np.random.default_rng(0)
     n = min(frames, length)  # frames sampled from a video of `length` frames at 25 fps
-    idx = np.stack([np.sort(rng.choice(length, size=n, replace=False)) for _ in range(cfg.batch_size)])
-    x = torch.randn(cfg.batch_size, n, in_dim, device=device)
+    idx = np.stack([np.sort(rng.choice(length, size=n, replace=False)) for _ in range(cfg.optim.batch_size)])
+    x = torch.randn(cfg.optim.batch_size, n, in_dim, device=device)
     t = torch.from_numpy(idx.astype(np.float32) / 25).to(device)
-    m = torch.ones(cfg.batch_size, n, dtype=torch.bool, device=device)
-    y = torch.randint(0, 4, (cfg.batch_size,), device=device)
+    m = torch.ones(cfg.optim.batch_size, n, dtype=torch.bool, device=device)
+    y = torch.randint(0, 4, (cfg.optim.batch_size,), device=device)
 
     def step():
         with autocast(device):
             logits = model(x, t, m)
-        optimizer_step(opt, model, loss_fn("single", logits, y), cfg.lr, 0.0)
+        optimizer_step(opt, model, loss_fn("single", logits, y), cfg.optim.lr, 0.0)
 
     step()  # allocates AdamW state and warms kernels: not part of a step's working memory
     opt.zero_grad(set_to_none=True)
@@ -210,7 +210,7 @@ def memory(cfg: temporal.Config, in_dim: int, threads: int) -> dict:
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": str(threads)}
     for mode in ("full", "sampled"):
         for length in LENGTHS:
-            frames = length if mode == "full" else cfg.frames
+            frames = length if mode == "full" else cfg.data.frames
             arg = json.dumps({"length": length, "frames": frames, "config": cfg.to_dict(), "in_dim": in_dim})
             proc = subprocess.run([sys.executable, __file__, "--memory-child", arg], env=env,
                                   capture_output=True, text=True, check=True)
@@ -223,7 +223,7 @@ def memory(cfg: temporal.Config, in_dim: int, threads: int) -> dict:
     out["full_growth"] = {f"{a}->{b}": {"memory_x": round(full[b] / full[a], 2), "frames_x": round(b / a, 2)}
                           for a, b in ((120, 750), (750, 3000), (120, 3000))}
     out["full_mib_per_frame_per_video"] = {
-        str(k): round(v / (k * cfg.batch_size), 4) for k, v in full.items()}
+        str(k): round(v / (k * cfg.optim.batch_size), 4) for k, v in full.items()}
     del out["full"], out["sampled"]
     return out
 
@@ -248,21 +248,22 @@ def main() -> None:
         print(json.dumps(memory_child(a["length"], a["frames"], temporal.Config.from_dict(a["config"]),
                                       a["in_dim"])))
         return
-    cfg = temporal.Config(eval_mode="views", patience=0)  # the defaults (the event summary alone, 64 frames)
+    cfg = temporal.as_config(eval_mode="views", patience=0)  # the defaults (64 frames)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         cache, labels = synthetic_cache(root, args.videos, args.frames_per_video, args.in_dim)
         step_cache = synthetic_cache(root / "step", args.step_videos, args.frames_per_video, args.in_dim)
         result = {
             "device": str(pick_device(cfg.device)), "threads": args.threads, "torch": torch.__version__,
-            "model": {k: getattr(cfg, k) for k in MODEL_KEYS},
+            "model": {"model": cfg.model, **dataclasses.asdict(cfg.stan)},
             "in_dim": args.in_dim,
             "step": step_memory_vs_lazy(*step_cache, cfg, args.steps),
         }
         if not args.step_only:
             result["epoch"] = epoch_vs_extraction(cache, labels, cfg, root, args)
             mcfg = cfg.replace(batch_size=args.mem_batch_size)
-            result["memory"] = {"batch_size": mcfg.batch_size, **memory(mcfg, args.in_dim, args.threads)}
+            result["memory"] = {"batch_size": mcfg.optim.batch_size,
+                                **memory(mcfg, args.in_dim, args.threads)}
     print(json.dumps(result))
 
 

@@ -10,7 +10,7 @@
 """
 
 from temporal.baseline import baseline
-from temporal.config import Config, ConfigError, load_config_file
+from temporal.config import Config, ConfigError, as_config, load_config_file
 from temporal.labels import LabelError, read_labels
 from temporal.model import STAN, MeanPool, build_model
 from temporal.predict import predict_videos
@@ -18,6 +18,20 @@ from temporal.run import Run, RunError, evaluate, load_run
 from temporal.train import train
 
 __all__ = [
-    "STAN", "Config", "ConfigError", "LabelError", "MeanPool", "Run", "RunError", "baseline", "build_model",
-    "evaluate", "load_config_file", "load_run", "predict_videos", "read_labels", "train",
+    "STAN",
+    "Config",
+    "ConfigError",
+    "LabelError",
+    "MeanPool",
+    "Run",
+    "RunError",
+    "as_config",
+    "baseline",
+    "build_model",
+    "evaluate",
+    "load_config_file",
+    "load_run",
+    "predict_videos",
+    "read_labels",
+    "train",
 ]

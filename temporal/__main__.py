@@ -1,13 +1,15 @@
-"""python -m temporal pretrain|train|evaluate|predict|baseline: stage two, from the feature cache.
+"""python -m temporal pretrain|train|evaluate|predict|baseline|defaults: stage two, from the feature cache.
 
   pretrain  --cache C --out runs/pre [--holdout L.csv]   self-supervised, on unlabelled videos
   train     --cache C --labels L.csv --out runs/x [--config params.yaml] [--init runs/pre] [--resume]
   evaluate  --run runs/x --split test [--metrics FILE] [--predictions FILE]
   predict   --run runs/x --videos DIR | --cache C [--out predictions.csv]   unlabelled videos
-  baseline  --cache C --labels L.csv --out runs/probe [same options as train]
+  baseline  --cache C --labels L.csv --out runs/probe [the options it reads]
+  defaults                                              params.yaml's temporal section, every default
 
-Every field of temporal.Config is an option (clip_len: --clip-len); a --config file
-(YAML/JSON, flat or under `temporal:`) sets them too, and flags override the file.
+Every temporal option is a flag, by its flat name (stan.clip_len: --clip-len, eval.mode:
+--eval-mode); a --config file (YAML/JSON: nested like params.yaml, or flat; at the top or under
+`temporal:`) sets them too, and flags override the file.
 `python -m temporal COMMAND --help` lists the options of one command.
 """
 
@@ -15,14 +17,26 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 import storage
 from storage.console import console_options, say, setup_console
 from storage.settings import field_types
-from temporal.baseline import BASELINE_OPTIONS
-from temporal.config import CHOICES, Config, ConfigError, as_config, load_config_file, option_help
+from temporal.config import (
+    BASELINE_OPTIONS,
+    CHOICES,
+    FLAT,
+    PRETRAIN_OPTIONS,
+    SECTIONS,
+    Config,
+    ConfigError,
+    as_config,
+    defaults_yaml,
+    flat_name,
+    load_config_file,
+    option_help,
+    paths,
+)
 from temporal.labels import LabelError
 from temporal.run import EVAL_OVERRIDES, RunError
 
@@ -31,34 +45,36 @@ _METAVAR = {int: "N", float: "X", str: "NAME"}
 
 def _add_config_options(p: argparse.ArgumentParser, only: tuple[str, ...] | None = None,
                         as_trained: bool = False) -> None:
-    """One option per temporal.Config field (`only`: these fields); `as_trained`: their default is
-    the saved run's value."""
-    g = p.add_argument_group("model and training options (temporal.Config)")
-    defaults = Config()
-    types = field_types(Config)
-    described = option_help()
-    for f in fields(Config):
-        if only is not None and f.name not in only:
+    """One flag per temporal option (`only`: these dotted paths), grouped by the part of the
+    options they belong to; `as_trained`: their default is the saved run's value."""
+    defaults, described = Config(), option_help()
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for path in paths():
+        if only is not None and path not in only:
             continue
-        flags = [f"--{f.name.replace('_', '-')}"]
-        shown = "default: as trained" if as_trained else f"default {getattr(defaults, f.name)!r}"
-        shown = f"{described[f.name]} ({shown})" if f.name in described else shown
-        kw: dict = {"dest": f.name, "default": None, "help": shown.replace("%", "%%")}
-        kind = types[f.name][0]
+        part, _, key = path.rpartition(".")
+        if part not in groups:
+            groups[part] = p.add_argument_group(f"temporal.{part} options" if part else "temporal options")
+        shown = "default: as trained" if as_trained else f"default {defaults.get(path)!r}"
+        shown = f"{described[path]} ({shown})" if path in described else shown
+        name = flat_name(path)
+        kw: dict = {"dest": name, "default": None, "help": shown.replace("%", "%%")}
+        kind = field_types(SECTIONS[part] if part else Config)[key][0]
         if kind is bool:
             kw["action"] = argparse.BooleanOptionalAction
         else:
             kw["type"] = kind
             kw["metavar"] = _METAVAR[kind]
-            if f.name in CHOICES:
-                kw["choices"] = CHOICES[f.name]
-                kw["metavar"] = "{" + ",".join(CHOICES[f.name]) + "}"
-        g.add_argument(*flags, **kw)
+            if path in CHOICES:
+                kw["choices"] = CHOICES[path]
+                kw["metavar"] = "{" + ",".join(CHOICES[path]) + "}"
+        groups[part].add_argument(f"--{name.replace('_', '-')}", **kw)
 
 
 def _overrides(args: argparse.Namespace) -> dict:
-    return {f.name: getattr(args, f.name) for f in fields(Config)
-            if getattr(args, f.name, None) is not None}
+    """The flags given, by flat name."""
+    return {flat_name(p): getattr(args, flat_name(p)) for p in paths()
+            if getattr(args, flat_name(p), None) is not None}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="leave out the videos of this labels file's test split (labels are not read)")
     p.add_argument("--targets", type=int, default=64, help="principal components to reconstruct (default 64)")
     p.add_argument("--config", type=Path, help="YAML/JSON of options (flat or under `temporal:`)")
-    _add_config_options(p)
+    _add_config_options(p, only=PRETRAIN_OPTIONS)
 
     p = sub.add_parser("evaluate", help="metrics + per-video predictions of a saved run")
     p.add_argument("--run", type=Path, required=True, help="a trained run folder")
@@ -93,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--predictions", type=Path, help="predictions CSV (default RUN/predictions_SPLIT.csv)")
     p.add_argument("--cache", help="default: the cache the run was trained on (folder or URL)")
     p.add_argument("--labels", type=Path, help="default: the labels the run was trained on")
-    _add_config_options(p, only=EVAL_OVERRIDES, as_trained=True)
+    _add_config_options(p, only=tuple(FLAT[n] for n in EVAL_OVERRIDES), as_trained=True)
 
     p = sub.add_parser("predict", help="predictions of a saved run on unlabelled videos",
                        description="Write a CSV of video_id, predicted label(s) (or value, for "
@@ -111,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="backbone weights file, if the one recorded at extraction has moved")
     p.add_argument("--out", type=Path, default=Path("predictions.csv"),
                    help="predictions CSV (default predictions.csv)")
-    _add_config_options(p, only=EVAL_OVERRIDES, as_trained=True)
+    _add_config_options(p, only=tuple(FLAT[n] for n in EVAL_OVERRIDES), as_trained=True)
 
     p = sub.add_parser("baseline", help="mean-pool + scikit-learn linear model, and a mean-pool MLP",
                        description="The reference figures beside STAN: each video's features averaged, "
@@ -124,11 +140,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="also train the mean-pool MLP into OUT/mlp (default: yes)")
     _add_config_options(p, only=BASELINE_OPTIONS)
 
+    sub.add_parser("defaults", help="print the temporal section of params.yaml with every default")
+
     for p in sub.choices.values():
         console_options(p)
     args = ap.parse_args(argv)
     setup_console(args)
     try:
+        if args.cmd == "defaults":
+            print(defaults_yaml(), end="")
+            return 0
         if args.cmd == "evaluate":
             ov = {k: v for k, v in _overrides(args).items() if k in EVAL_OVERRIDES}
             from temporal.run import evaluate

@@ -7,7 +7,6 @@ these baselines sit at chance, which is the point of the temporal stream.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import warnings
 from pathlib import Path
@@ -31,12 +30,6 @@ STRENGTHS = (0.01, 0.1, 1.0, 10.0)  # C for logistic regression; ridge uses alph
 # MiniRocket's ~10 000 standardised features need a stronger ridge (alpha = 1 / strength: 10 ... 10^4)
 ROCKET_STRENGTHS = (1e-4, 1e-3, 1e-2, 1e-1)
 # STAN's own switches: the mean-pool baselines never read them (the MLP takes `dim` and `dropout`)
-STAN_ONLY = ("model", "streams", "fusion", "heads", "depth_spatial", "depth_temporal", "depth_fusion",
-             "clip_len", "mlp_ratio", "time_encoding", "pool", "events", "event_pairs", "event_l1",
-             "stream_input", "aux_loss", "branch_drop", "time_bias", "recurrence",
-             "pca_dims", "init")
-BASELINE_OPTIONS = tuple(f.name for f in dataclasses.fields(Config) if f.name not in STAN_ONLY)
-
 
 def mean_features(videos, rows: list[int]) -> np.ndarray:
     """[N, D] float32: each video's features averaged over all its frames."""
@@ -96,7 +89,7 @@ def minirocket_probe(data, cfg: Config, out: Path, dims: int = 32, length: int =
 
     from temporal.data import principal_components
 
-    rng = np.random.default_rng(cfg.seed)
+    rng = np.random.default_rng(cfg.optim.seed)
     mean, proj = principal_components(data.videos, data.train, dims, rng)
     dims = proj.shape[1]  # no more components than the features have
 
@@ -109,7 +102,7 @@ def minirocket_probe(data, cfg: Config, out: Path, dims: int = 32, length: int =
             out_[k] = np.stack([np.interp(dst, src, x[:, c]) for c in range(x.shape[1])])
         return out_
 
-    rocket = MiniRocket(random_state=cfg.seed)
+    rocket = MiniRocket(random_state=cfg.optim.seed)
     raw = {s: series(getattr(data, s)) for s in ("train", "val", "test")}
     rocket.fit(raw["train"])
     feats = {s: rocket.transform(x) if len(x) else np.zeros((0, 1)) for s, x in raw.items()}
@@ -121,7 +114,7 @@ def fit_probe(data, cfg: Config, out: Path, feats: dict[str, np.ndarray], name: 
     """A scikit-learn linear head on fixed video features, its strength chosen on val."""
     task, n_classes = data.labels.task, len(data.labels.classes)
     ys = {s: data.labels.target_array(getattr(data, s)) for s in ("train", "val", "test")}
-    monitor = cfg.monitor
+    monitor = cfg.eval.monitor
     chosen, best = strengths[len(strengths) // 2], None
     if len(feats["val"]):  # pick the regularisation on val, by the same rule as STAN's early stopping
         for c in strengths:

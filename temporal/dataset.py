@@ -31,14 +31,15 @@ def load_data(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, cfg: 
     """The labelled videos of a cache; `training` subsets the train split and checks every class
     has training videos (evaluation needs neither: its labels file may hold no train rows)."""
     cache = storage.open_cache(cache_dir)
-    labels = read_labels(labels_csv, task or cfg.task)
+    labels = read_labels(labels_csv, task or cfg.labels.task)
     if classes is not None:
         labels = remap_classes(labels, classes)
-    labels, notes = match_cache(labels, cache, cfg.skip_missing)
-    train = train_subset(labels, cfg.train_fraction, cfg.seed) if training else labels.rows("train")
+    labels, notes = match_cache(labels, cache, cfg.labels.skip_missing)
+    fraction = cfg.labels.train_fraction
+    train = train_subset(labels, fraction, cfg.optim.seed) if training else labels.rows("train")
     n_all = len(labels.rows("train"))
     if len(train) < n_all:
-        notes.append(f"train_fraction {cfg.train_fraction}: training on {len(train)} of {n_all} train videos")
+        notes.append(f"train_fraction {fraction}: training on {len(train)} of {n_all} train videos")
     if training:
         check_classes(labels, train)
     for note in notes:
@@ -50,10 +51,10 @@ def load_data(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, cfg: 
 
 def open_videos(cache, ids: list[str], cfg: Config, log=print) -> AnyVideos:
     """The videos `ids` in memory, or read from the shards as needed when they exceed memory_budget."""
-    budget = memory_bytes(cfg.memory_budget)
+    budget = memory_bytes(cfg.data.memory_budget)
     videos = load_videos(cache, ids, budget)
     if videos.lazy:
-        log(f"note: the features exceed memory_budget {cfg.memory_budget} ({budget / 2**20:.0f} MiB): "
+        log(f"note: the features exceed memory_budget {cfg.data.memory_budget} ({budget / 2**20:.0f} MiB): "
             "reading them from the shards as batches need them")
     return videos
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from temporal.config import Config
+from temporal.config import Config, DataConfig, OptimConfig
 from temporal.data import (
     AnyVideos,
     Clip,
@@ -74,20 +74,21 @@ def fit_without_labels(model: torch.nn.Module, videos: AnyVideos, rows, cfg: Con
     """Fit what STAN takes from the frames alone before training, on videos `rows` (no label read):
     the PCA input map (`pca_dims`, or `pca` when already computed) and the event prototypes."""
     project, events = getattr(model, "project", None), getattr(model, "events", None)
-    rng = np.random.default_rng(cfg.seed)
+    rng = np.random.default_rng(cfg.optim.seed)
     if project is not None:
-        pca = pca or principal_components(videos, rows, cfg.pca_dims, rng)
+        pca = pca or principal_components(videos, rows, cfg.stan.pca_dims, rng)
         project.fit(*(torch.from_numpy(a) for a in pca))
     if events is not None:
         X = frame_sample(videos, rows, rng)
         if project is not None:
-            X = (X - pca[0]) @ pca[1][:, : cfg.pca_dims]
-        events.fit(torch.from_numpy(prototypes(X, cfg.events, cfg.seed)))
+            X = (X - pca[0]) @ pca[1][:, : cfg.stan.pca_dims]
+        events.fit(torch.from_numpy(prototypes(X, cfg.stan.events, cfg.optim.seed)))
 
 
-def train_batch(videos: AnyVideos, rows, cfg: Config, rng: np.random.Generator, device: torch.device):
-    """One training batch: `cfg.frames` frames sampled from each video, padded, on the device."""
-    clips = [Clip(int(i), sample_frames(int(videos.lengths[i]), cfg.frames, cfg.sampling, rng)) for i in rows]
+def train_batch(videos: AnyVideos, rows, data: DataConfig, rng: np.random.Generator, device: torch.device):
+    """One training batch: `data.frames` frames sampled from each video, padded, on the device."""
+    clips = [Clip(int(i), sample_frames(int(videos.lengths[i]), data.frames, data.sampling, rng))
+             for i in rows]
     return collate(videos, clips, device)
 
 
@@ -98,15 +99,15 @@ def feature_std(videos: AnyVideos, rng: np.random.Generator, max_frames: int = 5
     return videos.gather(v, f).astype(np.float32).std(0) + 1e-6
 
 
-def augment(x: torch.Tensor, mask: torch.Tensor, cfg: Config, std: torch.Tensor | None,
+def augment(x: torch.Tensor, mask: torch.Tensor, data: DataConfig, std: torch.Tensor | None,
             rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Feature-space augmentation: Gaussian noise (`aug_noise` x each feature's std) and frames
     dropped at random (`aug_drop`, by masking: every video keeps at least its first frame)."""
-    if cfg.aug_noise > 0:
+    if data.aug_noise > 0:
         noise = torch.randn(x.shape, generator=_torch_rng(rng)).to(x.device)
-        x = x + cfg.aug_noise * std * noise
-    if cfg.aug_drop > 0:
-        keep = torch.from_numpy(rng.random(tuple(mask.shape)) >= cfg.aug_drop).to(mask.device)
+        x = x + data.aug_noise * std * noise
+    if data.aug_drop > 0:
+        keep = torch.from_numpy(rng.random(tuple(mask.shape)) >= data.aug_drop).to(mask.device)
         keep[:, 0] = True
         mask = mask & keep
     return x, mask
@@ -128,24 +129,24 @@ def optimizer_step(opt: torch.optim.Optimizer, params: torch.nn.Module, loss: to
     opt.step()
 
 
-def make_optimizer(module: torch.nn.Module, cfg: Config, device: torch.device) -> torch.optim.AdamW:
+def make_optimizer(module: torch.nn.Module, optim: OptimConfig, device: torch.device) -> torch.optim.AdamW:
     """AdamW over `module` (weight decay on weight matrices only), with fused kernels on CUDA."""
-    return torch.optim.AdamW(param_groups(module, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95),
+    return torch.optim.AdamW(param_groups(module, optim.weight_decay), lr=optim.lr, betas=(0.9, 0.95),
                              fused=device.type == "cuda")
 
 
 @dataclass(frozen=True)
 class Schedule:
-    """The learning rate of each optimiser step over `cfg.epochs` epochs (see `lr_at`)."""
+    """The learning rate of each optimiser step over `cfg.optim.epochs` epochs (see `lr_at`)."""
 
     lr: float
     total: int  # steps
     warmup: int  # steps
 
     @classmethod
-    def of(cls, cfg: Config, videos: int) -> Schedule:
-        per_epoch = math.ceil(videos / cfg.batch_size)
-        return cls(cfg.lr, cfg.epochs * per_epoch, round(cfg.warmup * per_epoch))
+    def of(cls, optim: OptimConfig, videos: int) -> Schedule:
+        per_epoch = math.ceil(videos / optim.batch_size)
+        return cls(optim.lr, optim.epochs * per_epoch, round(optim.warmup * per_epoch))
 
     def __call__(self, step: int) -> float:
         return lr_at(step, self.total, self.warmup, self.lr)
@@ -153,13 +154,13 @@ class Schedule:
 
 def epoch_batches(videos: AnyVideos, rows, cfg: Config, rng: np.random.Generator, device: torch.device
                   ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """One epoch: `rows` in a fresh random order, `cfg.batch_size` videos at a time, as (rows, x, t,
+    """One epoch: `rows` in a fresh random order, `cfg.optim.batch_size` videos at a time, as (rows, x, t,
     mask); the next batch's features are read while this one computes."""
     perm = rng.permutation(rows)
-    for b in range(0, len(perm), cfg.batch_size):
-        sel = perm[b:b + cfg.batch_size]
-        x, t, m = train_batch(videos, sel, cfg, rng, device)
-        videos.prefetch(upcoming(perm, b, cfg.batch_size))
+    for b in range(0, len(perm), cfg.optim.batch_size):
+        sel = perm[b:b + cfg.optim.batch_size]
+        x, t, m = train_batch(videos, sel, cfg.data, rng, device)
+        videos.prefetch(upcoming(perm, b, cfg.optim.batch_size))
         yield sel, x, t, m
 
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from temporal.config import Config
+from temporal.config import Config, MeanPoolConfig, StanConfig
 
 
 class Attention(nn.Module):
@@ -121,15 +121,15 @@ class Encoder(nn.Module):
     """Tokens + time encoding, a CLS token in front, L blocks (`time_bias`: with ALiBi-style
     biases in seconds), final LayerNorm."""
 
-    def __init__(self, cfg: Config, depth: int):
+    def __init__(self, cfg: StanConfig, depth: int):
         super().__init__()
-        self.heads = cfg.heads if cfg.time_bias else 0
-        self.time = TimeEncoding(cfg.dim, cfg.time_encoding)
-        self.cls = nn.Parameter(torch.zeros(1, 1, cfg.dim))
+        self.heads = cfg.attention_heads if cfg.time_bias else 0
+        self.time = TimeEncoding(cfg.width, cfg.time_encoding)
+        self.cls = nn.Parameter(torch.zeros(1, 1, cfg.width))
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_ratio, cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg.width, cfg.attention_heads, cfg.mlp_ratio, cfg.dropout)
                                     for _ in range(depth))
-        self.ln = nn.LayerNorm(cfg.dim)
+        self.ln = nn.LayerNorm(cfg.width)
 
     def forward(self, tokens: torch.Tensor, t: torch.Tensor, mask: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,9 +145,9 @@ class Encoder(nn.Module):
 class SpatialStream(nn.Module):
     """Each frame's static content: one token per frame."""
 
-    def __init__(self, cfg: Config, in_dim: int):
+    def __init__(self, cfg: StanConfig, in_dim: int):
         super().__init__()
-        self.embed = nn.Sequential(nn.Linear(in_dim, cfg.dim), nn.LayerNorm(cfg.dim))
+        self.embed = nn.Sequential(nn.Linear(in_dim, cfg.width), nn.LayerNorm(cfg.width))
         self.encoder = Encoder(cfg, cfg.depth_spatial)
 
     def forward(self, x, t, mask):
@@ -186,13 +186,13 @@ class TemporalStream(nn.Module):
     the frames before and after it) grouped into clips of k frames, one token per clip, so a
     T-frame video costs T/k tokens."""
 
-    def __init__(self, cfg: Config, in_dim: int):
+    def __init__(self, cfg: StanConfig, in_dim: int):
         super().__init__()
         self.k = cfg.clip_len
         self.recurrence = cfg.recurrence
         extra = RECURRENCE_DIM if cfg.recurrence else 0
-        self.conv = nn.Conv1d(2 * in_dim + extra, cfg.dim, kernel_size=self.k, stride=self.k)
-        self.ln = nn.LayerNorm(cfg.dim)
+        self.conv = nn.Conv1d(2 * in_dim + extra, cfg.width, kernel_size=self.k, stride=self.k)
+        self.ln = nn.LayerNorm(cfg.width)
         self.encoder = Encoder(cfg, cfg.depth_temporal)
 
     def forward(self, x, t, mask, frames: torch.Tensor | None = None):
@@ -307,13 +307,14 @@ class EventSummary(nn.Module):
 
 
 class STAN(nn.Module):
-    def __init__(self, cfg: Config, in_dim: int, out_dim: int):
+    def __init__(self, cfg: StanConfig, in_dim: int, out_dim: int, branch_heads: bool = False,
+                 branch_drop: float = 0.0):
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.branch_drop = cfg, branch_drop
         use_s, use_t = cfg.streams in ("both", "spatial"), cfg.streams in ("both", "temporal")
         self.project = InputProjection(in_dim, cfg.pca_dims) if cfg.pca_dims else None
         in_dim = cfg.pca_dims or in_dim
-        self.events = EventSummary(in_dim, cfg.events, cfg.dim, cfg.event_pairs) if cfg.events else None
+        self.events = EventSummary(in_dim, cfg.events, cfg.width, cfg.event_pairs) if cfg.events else None
         # the streams read the frames, or each frame's assignment to the summary's prototypes (K
         # numbers instead of D: what a hundred videos can teach a transformer without memorising)
         stream_in = cfg.events if cfg.stream_input == "events" else in_dim
@@ -321,12 +322,12 @@ class STAN(nn.Module):
         self.temporal = TemporalStream(cfg, stream_in) if use_t else None
         both = use_s and use_t
         self.fusion = cfg.fusion if both else "single" if use_s or use_t else "none"
-        d = cfg.dim
+        d = cfg.width
         self.cross = nn.ModuleList()
         if self.fusion == "cross":
             self.cross = nn.ModuleList(
-                nn.ModuleList([Block(d, cfg.heads, cfg.mlp_ratio, cfg.dropout, cross=True),
-                               Block(d, cfg.heads, cfg.mlp_ratio, cfg.dropout, cross=True)])
+                nn.ModuleList([Block(d, cfg.attention_heads, cfg.mlp_ratio, cfg.dropout, cross=True),
+                               Block(d, cfg.attention_heads, cfg.mlp_ratio, cfg.dropout, cross=True)])
                 for _ in range(cfg.depth_fusion)
             )
         if self.fusion == "late":  # one head per stream, each also reading the event summary
@@ -338,7 +339,7 @@ class STAN(nn.Module):
         # aux_loss: every branch (each stream's readout, the summary) also has a head of its own,
         # trained on the task by itself, so no branch is left unlearned behind one that fits faster
         self.branch_heads = nn.ModuleList(head(w, d, out_dim, cfg.dropout) for w in self.branch_widths
-                                          ) if cfg.aux_loss else nn.ModuleList()
+                                          ) if branch_heads else nn.ModuleList()
         # which output predicts: -1 the fused head, i branch i's own head. Training picks it by val
         # loss each epoch, so the model is never worse on val than its best branch (docs/ablations.md)
         if len(self.branch_heads):
@@ -365,9 +366,9 @@ class STAN(nn.Module):
     @property
     def branch_widths(self) -> list[int]:
         """Widths of the parts of `embed`'s output: each stream's readout (one for sum), the summary."""
-        width = 2 * self.cfg.dim if self.cfg.pool == "both" else self.cfg.dim
+        width = 2 * self.cfg.width if self.cfg.pool == "both" else self.cfg.width
         n = {"none": 0, "single": 1, "sum": 1}.get(self.fusion, 2)
-        return [width] * n + ([self.cfg.dim] if self.events is not None else [])
+        return [width] * n + ([self.cfg.width] if self.events is not None else [])
 
     @property
     def branch_names(self) -> list[str]:
@@ -418,7 +419,7 @@ class STAN(nn.Module):
         """Training: each branch of `z` zeroed with probability `branch_drop` (never all of them),
         so the head learns to read every branch alone and a fused model cannot lean on one."""
         parts = self.branches(z)
-        keep = torch.rand(len(z), len(parts), device=z.device) >= self.cfg.branch_drop
+        keep = torch.rand(len(z), len(parts), device=z.device) >= self.branch_drop
         none = ~keep.any(1)
         keep[none, torch.randint(len(parts), (int(none.sum()),), device=z.device)] = True
         return torch.cat([p * k[:, None].to(p.dtype) for p, k in zip(parts, keep.unbind(1), strict=True)], -1)
@@ -436,10 +437,10 @@ class STAN(nn.Module):
         z = self.embed(x, t, mask)
         aux = [h(p) for h, p in zip(self.branch_heads, self.branches(z), strict=True)
                ] if len(self.branch_heads) else []
-        if self.training and self.cfg.branch_drop and len(self.branch_widths) > 1:
+        if self.training and self.branch_drop and len(self.branch_widths) > 1:
             z = self.drop_branches(z)
         if self.fusion == "late":
-            ev = self.cfg.dim if self.events is not None else 0
+            ev = self.cfg.width if self.events is not None else 0
             d = (z.shape[1] - ev) // 2
             zs, zu, e = z[:, :d], z[:, d:2 * d], z[:, 2 * d:]
             return (self.heads[0](torch.cat([zs, e], -1)) + self.heads[1](torch.cat([zu, e], -1))) / 2, aux
@@ -449,9 +450,9 @@ class STAN(nn.Module):
 class MeanPool(nn.Module):
     """Baseline: the mean of the frame features, then an MLP. Blind to order by construction."""
 
-    def __init__(self, cfg: Config, in_dim: int, out_dim: int):
+    def __init__(self, cfg: MeanPoolConfig, in_dim: int, out_dim: int):
         super().__init__()
-        self.head = head(in_dim, cfg.dim, out_dim, cfg.dropout)
+        self.head = head(in_dim, cfg.hidden, out_dim, cfg.dropout)
         self.apply(_init)
 
     def forward(self, x, t, mask):
@@ -472,4 +473,9 @@ def _init(mod: nn.Module) -> None:
 
 
 def build_model(cfg: Config, in_dim: int, out_dim: int) -> nn.Module:
-    return STAN(cfg, in_dim, out_dim) if cfg.model == "stan" else MeanPool(cfg, in_dim, out_dim)
+    """The network `cfg.model` names, from its part of the options (and, for STAN, the branch
+    heads and branch dropout that `cfg.loss` asks training for)."""
+    if cfg.model == "meanpool":
+        return MeanPool(cfg.meanpool, in_dim, out_dim)
+    return STAN(cfg.stan, in_dim, out_dim, branch_heads=cfg.loss.aux_loss > 0,
+                branch_drop=cfg.loss.branch_drop)

@@ -26,7 +26,7 @@ import storage
 from storage.console import progress
 from storage.device import pick_device
 from storage.files import write_json
-from temporal.config import Config, ConfigError, as_config
+from temporal.config import Config, ConfigError, as_config, saved_config, section_paths
 from temporal.data import principal_components
 from temporal.dataset import open_videos
 from temporal.loop import (
@@ -43,12 +43,6 @@ from temporal.model import build_model, sinusoid
 from temporal.run import RUN_FORMAT, RunError, read_meta, write_history
 
 PER_TASK = ("heads.", "branch_heads.", "selected")  # what fine-tuning learns anew: never pre-trained
-# the options that shape the weights: a fine-tuning run must agree on all of them
-# (not aux_loss: the branch heads are never pre-trained)
-ARCHITECTURE = ("model", "streams", "fusion", "dim", "heads", "depth_spatial", "depth_temporal",
-                "depth_fusion", "clip_len", "mlp_ratio", "time_encoding", "pool", "pca_dims", "events",
-                "event_pairs", "stream_input", "time_bias", "recurrence")
-
 
 class Decoder(nn.Module):
     """(z [B, E], t [B, T] seconds) -> the frames' target features [B, T, P]."""
@@ -73,21 +67,21 @@ def pretrain(cache_dir: str | os.PathLike, out_dir: str | os.PathLike, config: C
     augmentation, seed); writes the run to `out_dir` and returns it.
     """
     cfg = as_config(config, **overrides)
-    if cfg.model != "stan" or cfg.streams == "none":
+    if cfg.model != "stan" or cfg.stan.streams == "none":
         raise ConfigError("pre-training trains STAN's streams: model must be 'stan' and streams not 'none' "
                           "(e.g. --streams both)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.optim.seed)
+    rng = np.random.default_rng(cfg.optim.seed)
     cache = storage.open_cache(cache_dir)
     ids = [v for v in cache.video_ids if v not in exclude and cache.num_frames(v) > 0]
     if not ids:
         raise RunError(f"{cache_dir}: no video left to pre-train on")
     videos = open_videos(cache, ids, cfg, log)
     mean, proj = (torch.from_numpy(a) for a in
-                  principal_components(videos, range(len(ids)), max(targets, cfg.pca_dims), rng))
+                  principal_components(videos, range(len(ids)), max(targets, cfg.stan.pca_dims), rng))
     std = torch.from_numpy(feature_std(videos, rng)).to(device)
     model = build_model(cfg, videos.dim, 1)
     fit_without_labels(model, videos, range(len(ids)), cfg, pca=(mean.numpy(), proj.numpy()))
@@ -95,23 +89,23 @@ def pretrain(cache_dir: str | os.PathLike, out_dir: str | os.PathLike, config: C
     mean_t, proj_t = mean.to(device), proj[:, :targets].to(device)
     decoder = Decoder(model.embed_dim, proj_t.shape[1]).to(device)
     params = nn.ModuleList([model, decoder])
-    opt = make_optimizer(params, cfg, device)
+    opt = make_optimizer(params, cfg.optim, device)
     rows = np.arange(len(ids))
-    schedule = Schedule.of(cfg, len(rows))
+    schedule = Schedule.of(cfg.optim, len(rows))
     log(f"pre-training on {len(ids)} unlabelled videos ({int(videos.lengths.sum())} frames), "
         f"{proj_t.shape[1]} target dims, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params "
         f"on {device}")
     history, step, t0 = [], 0, time.time()
-    bar = progress(range(1, cfg.epochs + 1), desc="pretrain", unit="ep")
+    bar = progress(range(1, cfg.optim.epochs + 1), desc="pretrain", unit="ep")
     for epoch in bar:
         params.train()
         loss_sum, seen = 0.0, 0
         for sel, x, t, m in epoch_batches(videos, rows, cfg, rng, device):
             target = (x - mean_t) @ proj_t  # what the clean frames were, dropped ones included
-            xa, ma = augment(x, m, cfg, std, rng)
+            xa, ma = augment(x, m, cfg.data, std, rng)
             pred = decoder(model.embed(xa, t, ma), t)
             loss = _masked_mean(F.mse_loss(pred, target, reduction="none").mean(-1), m)
-            optimizer_step(opt, params, loss, schedule(step), cfg.grad_clip)
+            optimizer_step(opt, params, loss, schedule(step), cfg.optim.grad_clip)
             loss_sum += loss.item() * len(sel)
             seen += len(sel)
             step += 1
@@ -142,9 +136,9 @@ def load_pretrained(model: nn.Module, run_dir: str | os.PathLike, cfg: Config, i
     """Load a pre-training run's weights into `model` (everything but the head); returns a note."""
     run = Path(run_dir)
     meta = read_meta(run, kind="pretrain")
-    theirs = Config.from_dict(meta["config"])  # an option newer than the run reads as its default
-    differ = [f"{k}={getattr(theirs, k)!r} (here {getattr(cfg, k)!r})" for k in ARCHITECTURE
-              if getattr(theirs, k) != getattr(cfg, k)]
+    theirs = saved_config(meta["config"])  # an option newer than the run reads as its default
+    differ = [f"{p}={theirs.get(p)!r} (here {cfg.get(p)!r})" for p in section_paths("stan")
+              if theirs.get(p) != cfg.get(p)]
     if differ:
         raise ConfigError(f"init {run} was pre-trained with another architecture: " + ", ".join(differ))
     if meta["in_dim"] != in_dim or (fingerprint is not None and meta["fingerprint"] != fingerprint):

@@ -30,7 +30,7 @@ from storage.durable import TMP_MARK, atomic_write
 from storage.files import write_json
 from storage.location import ObjectPath, as_path, is_remote
 from temporal.checkpoint import CHECKPOINT
-from temporal.config import Config
+from temporal.config import Config, saved_config
 from temporal.data import (
     AnyVideos,
     Videos,
@@ -171,7 +171,7 @@ def load_run(run_dir: str | os.PathLike, device: torch.device | str | None = Non
     if bad:
         raise RunError(f"evaluation can only override {EVAL_OVERRIDES}, not {bad}")
     meta = read_meta(run_dir)
-    cfg = Config.from_dict(meta["config"]).replace(**{k: v for k, v in overrides.items() if v is not None})
+    cfg = saved_config(meta["config"]).replace(**{k: v for k, v in overrides.items() if v is not None})
     model = build_model(cfg, meta["in_dim"], meta["out_dim"])
     state = load_file(str(Path(run_dir) / "model.safetensors"))
     if hasattr(model, "selected"):  # runs saved before training chose an output predicted with the fused one

@@ -27,11 +27,11 @@ def video_scores(model: torch.nn.Module, videos: AnyVideos, rows: list[int], cfg
     """Scores per row (probabilities; standardised predictions for regression), averaged over views;
     `every`: of each of the model's outputs (fused head, branch heads), stacked first."""
     model.eval()
-    clips = eval_clips(videos, rows, cfg.frames, cfg.eval_mode, cfg.sampling, cfg.eval_views)
+    clips = eval_clips(videos, rows, cfg.data.frames, cfg.eval.mode, cfg.data.sampling, cfg.eval.views)
     where = {v: r for r, v in enumerate(rows)}
     sums: np.ndarray | None = None
     counts = np.zeros(len(rows))
-    batches = eval_batches(clips, cfg.batch_size * cfg.frames)
+    batches = eval_batches(clips, cfg.optim.batch_size * cfg.data.frames)
     for k, batch in enumerate(batches):
         x, t, m = collate(videos, batch, device)
         videos.prefetch(c.video for c in (batches[k + 1] if k + 1 < len(batches) else []))  # next one
@@ -57,11 +57,12 @@ def full_length_note(cfg: Config, lengths: np.ndarray) -> str | None:
     """Training sees at most `frames` frames of a video, spread over all of it; full-length
     evaluation sees every frame, closer together than in training (the temporal stream's
     differences then span shorter steps). Say so when it happens."""
-    if cfg.eval_mode != "full" or not len(lengths) or lengths.max() <= cfg.frames:
+    if cfg.eval.mode != "full" or not len(lengths) or lengths.max() <= cfg.data.frames:
         return None
-    longer = int((lengths > cfg.frames).sum())
-    return (f"eval_mode full: {longer} video(s) are longer than the {cfg.frames} frames training samples, "
-            f"so evaluation sees their frames up to {lengths.max() / cfg.frames:.1f}x closer together than "
+    frames = cfg.data.frames
+    longer = int((lengths > frames).sum())
+    return (f"eval_mode full: {longer} video(s) are longer than the {frames} frames training samples, "
+            f"so evaluation sees their frames up to {lengths.max() / frames:.1f}x closer together than "
             "training did; train with frames >= the longest video (or eval_mode views) for the two to agree")
 
 

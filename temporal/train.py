@@ -16,7 +16,7 @@ from storage.console import progress
 from storage.device import pick_device
 from storage.files import write_json
 from temporal.checkpoint import CHECKPOINT, checkpoint_state, load_checkpoint, save_checkpoint
-from temporal.config import Config, ConfigError, as_config
+from temporal.config import Config, ConfigError, as_config, saved_config
 from temporal.data import (
     AnyVideos,
 )
@@ -44,10 +44,10 @@ def describe_model(cfg: Config) -> str:
     """e.g. "stan: event summary (K=24, pairs)", "stan: streams both/cross + event summary (K=24)"."""
     if cfg.model != "stan":
         return cfg.model
-    fusion = f"/{cfg.fusion}" if cfg.streams == "both" else ""
-    parts = [] if cfg.streams == "none" else [f"streams {cfg.streams}{fusion}"]
-    if cfg.events:
-        parts.append(f"event summary (K={cfg.events}{', pairs' if cfg.event_pairs else ''})")
+    fusion = f"/{cfg.stan.fusion}" if cfg.stan.streams == "both" else ""
+    parts = [] if cfg.stan.streams == "none" else [f"streams {cfg.stan.streams}{fusion}"]
+    if cfg.stan.events:
+        parts.append(f"event summary (K={cfg.stan.events}{', pairs' if cfg.stan.event_pairs else ''})")
     return "stan: " + " + ".join(parts)
 
 
@@ -55,7 +55,7 @@ def sparsity(model: torch.nn.Module, cfg: Config) -> torch.Tensor | float:
     """What training adds to the task loss: event_l1 x the event summary's group lasso (0 without a
     summary, e.g. the mean-pool baseline). Its gradient counts towards `grad_clip` with the rest."""
     events = getattr(model, "events", None)
-    return cfg.event_l1 * events.penalty() if cfg.event_l1 and events is not None else 0.0
+    return cfg.loss.event_l1 * events.penalty() if cfg.loss.event_l1 and events is not None else 0.0
 
 
 def targets_tensor(data: Data, rows, mean: float, std: float) -> torch.Tensor:
@@ -76,13 +76,13 @@ def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: 
     out = Path(out_dir)
     resuming = prepare_out(out, resume, overwrite, log)
     device = pick_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.optim.seed)
+    rng = np.random.default_rng(cfg.optim.seed)
 
     data = load_data(cache_dir, labels_csv, cfg, log=log)
     task, classes = data.labels.task, data.labels.classes
-    if cfg.monitor not in ("loss", *METRICS[task]):
-        raise ConfigError(f"monitor {cfg.monitor!r} is not a val metric of a {task} task: "
+    if cfg.eval.monitor not in ("loss", *METRICS[task]):
+        raise ConfigError(f"monitor {cfg.eval.monitor!r} is not a val metric of a {task} task: "
                           f"choose from {('loss', *METRICS[task])}")
     meta = {"format": RUN_FORMAT, "task": task, "classes": classes, "in_dim": data.videos.dim,
             "out_dim": 1 if task == "regression" else len(classes), "target_mean": 0.0, "target_std": 1.0,
@@ -100,11 +100,11 @@ def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: 
         log(f"note: {load_pretrained(model, cfg.init, cfg, meta['in_dim'], data.fingerprint)}")
     model = model.to(device)
     std = None  # only noise augmentation needs the features' spread: no sampling pass otherwise
-    if cfg.aug_noise > 0:
-        std = torch.from_numpy(feature_std(data.videos, np.random.default_rng(cfg.seed))).to(device)
-    opt = make_optimizer(model, cfg, device)
+    if cfg.data.aug_noise > 0:
+        std = torch.from_numpy(feature_std(data.videos, np.random.default_rng(cfg.optim.seed))).to(device)
+    opt = make_optimizer(model, cfg.optim, device)
     n_params = sum(p.numel() for p in model.parameters())
-    schedule = Schedule.of(cfg, len(data.train))
+    schedule = Schedule.of(cfg.optim, len(data.train))
     kind = f"{task}-label task | {len(classes)} classes" if classes else "regression task"
     log(f"{kind} | videos: {len(data.train)} train, {len(data.val)} val, {len(data.test)} test "
         f"({_held(data.videos)}) | "
@@ -115,7 +115,7 @@ def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: 
     use_val = bool(data.val)
     if not use_val:
         log("note: no val split: no early stopping, keeping the last epoch's weights")
-    monitor = cfg.monitor
+    monitor = cfg.eval.monitor
 
     history, best, best_epoch, best_state, stopped_early = [], None, 0, None, False
     step, done, seconds = 0, 0, 0.0
@@ -125,22 +125,22 @@ def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: 
         history, best, best_epoch, stopped_early = (state[k] for k in ("history", "best", "best_epoch",
                                                                         "stopped_early"))
         step, done, seconds = state["step"], state["epoch"], state["seconds"]
-        log(f"resuming {out} after epoch {done}/{cfg.epochs}")
+        log(f"resuming {out} after epoch {done}/{cfg.optim.epochs}")
     t0 = time.time() - seconds
-    epochs = range(done + 1, 1 if stopped_early else cfg.epochs + 1)
-    bar = progress(epochs, desc="epochs", unit="ep", initial=done, total=cfg.epochs)
+    epochs = range(done + 1, 1 if stopped_early else cfg.optim.epochs + 1)
+    bar = progress(epochs, desc="epochs", unit="ep", initial=done, total=cfg.optim.epochs)
     for epoch in bar:
         model.train()
         loss_sum, seen = 0.0, 0
         for rows, x, t, m in epoch_batches(data.videos, data.train, cfg, rng, device):
-            x, m = augment(x, m, cfg, std, rng)
+            x, m = augment(x, m, cfg.data, std, rng)
             y = y_all[torch.from_numpy(rows)].to(device)
             lr = schedule(step)
             with autocast(device):
                 logits, aux = model.outputs(x, t, m)
             loss = loss_fn(task, logits, y)
-            extra = sum(loss_fn(task, a, y) for a in aux) * (cfg.aux_loss / max(1, len(aux)))
-            optimizer_step(opt, model, loss + extra + sparsity(model, cfg), lr, cfg.grad_clip)
+            extra = sum(loss_fn(task, a, y) for a in aux) * (cfg.loss.aux_loss / max(1, len(aux)))
+            optimizer_step(opt, model, loss + extra + sparsity(model, cfg), lr, cfg.optim.grad_clip)
             loss_sum += loss.item() * len(rows)
             seen += len(rows)
             step += 1
@@ -157,8 +157,8 @@ def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: 
             best_state = copy.deepcopy(model.state_dict())
         post = {f"val_{monitor}": _fmt(current)} if use_val else {}
         bar.set_postfix(loss=_fmt(row["train_loss"]), **post)
-        stopped_early = bool(use_val and cfg.patience and epoch - best_epoch >= cfg.patience
-                             and epoch < cfg.epochs)
+        stopped_early = bool(use_val and cfg.eval.patience and epoch - best_epoch >= cfg.eval.patience
+                             and epoch < cfg.optim.epochs)
         save_checkpoint(out / CHECKPOINT, model, opt, best_state, rng, {
             "epoch": epoch, "step": step, "history": history, "best": best, "best_epoch": best_epoch,
             "stopped_early": stopped_early, "seconds": time.time() - t0, "config": cfg.to_dict(),
@@ -217,10 +217,9 @@ def _held(videos: AnyVideos) -> str:
 
 def check_resumable(out: Path, state: dict, cfg: Config, fingerprint: dict) -> None:
     """A checkpoint continues only the run that wrote it: same options (device, memory aside), same cache."""
-    free = ("device", "memory_budget")  # where and how the features are held: the run is the same
-    # runs interrupted before event_l1 existed trained without the lasso
-    saved = {k: v for k, v in {"event_l1": 0.0, **state["config"]}.items() if k not in free}
-    now = {k: v for k, v in cfg.to_dict().items() if k not in free}
+    free = ("device", "data.memory_budget")  # where and how the features are held: the run is the same
+    saved = {k: v for k, v in saved_config(state["config"]).flat().items() if k not in free}
+    now = {k: v for k, v in cfg.flat().items() if k not in free}
     if saved != now:
         diff = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now))
                          if saved.get(k) != now.get(k))

@@ -158,14 +158,25 @@ def test_temporal_baseline_help_lists_only_what_it_reads(capsys):
     with pytest.raises(SystemExit):
         main(["baseline", "--help"])
     text = capsys.readouterr().out
-    for reads in ("--lr", "--epochs", "--dim", "--dropout", "--train-fraction", "--mlp", "--quiet"):
+    for reads in ("--lr", "--epochs", "--meanpool-hidden", "--meanpool-dropout", "--train-fraction", "--mlp",
+                  "--quiet"):
         assert reads in text
-    for stan_only in ("--fusion", "--streams", "--clip-len", "--depth-temporal", "--pca-dims", "--init"):
+    for stan_only in ("--fusion", "--streams", "--clip-len", "--depth-temporal", "--pca-dims", "--init",
+                      "--width", "--aux-loss"):
         assert stan_only not in text
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--help"])
+    text = capsys.readouterr().out
+    for reads in ("--streams", "--width", "--frames", "--lr", "--epochs"):
+        assert reads in text
+    for unread in ("--task", "--train-fraction", "--eval-mode", "--patience", "--monitor", "--aux-loss",
+                   "--init", "--meanpool-hidden"):  # labels, evaluation, task loss: pre-training reads none
+        assert not re.search(rf"^ +{unread}\b", text, re.M), unread
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = capsys.readouterr().out
     assert "--clip-len" in text and "--clip_len" not in text and "-k " not in text
+    assert "temporal.stan options:" in text and "temporal.optim options:" in text
 
 
 # ---------------------------------------------------------------------------------------------

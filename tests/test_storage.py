@@ -372,17 +372,17 @@ def test_one_device_choice_for_both_stages():
 
     from extract import ExtractConfig, ExtractError
     from storage.device import DeviceError, is_device_name, pick_device
-    from temporal import Config, ConfigError
+    from temporal import ConfigError, as_config
 
     for name in ("auto", "cpu", "cuda", "cuda:1"):
         assert is_device_name(name)
-        assert ExtractConfig(device=name).device == Config(device=name).device == name
+        assert ExtractConfig(device=name).device == as_config(device=name).device == name
     for name in ("gpu", "cuda:", "cuda:x", "CPU", 0):
         assert not is_device_name(name)
     with pytest.raises(ExtractError, match="cuda:N"):
         ExtractConfig(device="gpu")
     with pytest.raises(ConfigError, match="cuda:N"):
-        Config(device="gpu")
+        as_config(device="gpu")
     assert pick_device("cpu") == torch.device("cpu")
     assert pick_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if torch.cuda.is_available():

@@ -6,7 +6,7 @@ import yaml
 from sklearn import metrics as skm
 
 import storage
-from temporal import Config, ConfigError, LabelError, load_config_file, read_labels
+from temporal import Config, ConfigError, LabelError, as_config, load_config_file, read_labels
 from temporal.labels import check_classes, infer_task, match_cache, train_subset
 from temporal.metrics import compute_metrics
 from temporal.synth import write_cache
@@ -104,15 +104,18 @@ def test_config_rejects_unknown_and_invalid_options(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown temporal option.*'fuson' \(did you mean 'fusion'\?\)"):
         Config.from_dict({"fuson": "cross"})
     with pytest.raises(ConfigError, match="fusion='add'"):
-        Config(fusion="add")
+        as_config(fusion="add")
     with pytest.raises(ConfigError, match="divisible"):
-        Config(dim=30, heads=4)
+        as_config(dim=30, heads=4)
     with pytest.raises(ConfigError, match="expected int"):
         Config.from_dict({"epochs": "ten"})
-    assert Config.from_dict({"lr": 1}).lr == 1.0
+    assert Config.from_dict({"lr": 1}).optim.lr == 1.0
+    assert Config.from_dict({"optim": {"lr": 2}}).optim.lr == Config.from_dict({"optim.lr": 2}).optim.lr == 2
+    with pytest.raises(ConfigError, match=r"'stan\.widht' \(did you mean 'stan\.width'\?\)"):
+        Config.from_dict({"stan": {"widht": 64}})
     p = tmp_path / "params.yaml"
     p.write_text(yaml.safe_dump({"extract": {"fps": 1}, "temporal": {"fusion": "late", "clip_len": 8}}))
-    assert Config.from_dict(load_config_file(p)) == Config(fusion="late", clip_len=8)
+    assert Config.from_dict(load_config_file(p)) == as_config(fusion="late", clip_len=8)
 
 
 def test_metrics_agree_with_scikit_learn_and_hand_values():
@@ -175,7 +178,25 @@ def test_params_yaml_trains_what_the_cli_trains():
 
 
 def test_runs_saved_with_a_pair_rank_load_when_it_was_off_and_are_refused_otherwise():
-    assert Config.from_dict({"event_pairs": 0}).event_pairs is False
-    assert Config.from_dict({"event_pairs": True}).event_pairs is True
+    assert Config.from_dict({"event_pairs": 0}).stan.event_pairs is False
+    assert Config.from_dict({"event_pairs": True}).stan.event_pairs is True
     with pytest.raises(ConfigError, match="event_pairs=4: the rank-r pair readout is gone"):
         Config.from_dict({"event_pairs": 4})  # its bilinear forms' weights fit no more
+
+
+def test_a_flat_config_saved_by_an_older_version_reads_as_it_trained():
+    """The one migration place: the flat options of older runs and params files, `dim` and
+    `heads` renamed, and options that did not exist yet as those versions trained (not today's
+    defaults: no branch heads, no lasso)."""
+    from temporal.config import saved_config
+
+    old = {"model": "stan", "streams": "none", "dim": 64, "heads": 2, "eval_mode": "full", "frames": 32,
+           "lr": 0.002, "monitor": "accuracy"}
+    cfg = saved_config(old)
+    assert (cfg.stan.width, cfg.meanpool.hidden, cfg.stan.attention_heads) == (64, 64, 2)
+    assert (cfg.eval.mode, cfg.data.frames, cfg.optim.lr, cfg.eval.monitor) == ("full", 32, 0.002, "accuracy")
+    assert (cfg.loss.aux_loss, cfg.loss.branch_drop, cfg.loss.event_l1) == (0.0, 0.0, 0.0)
+    assert saved_config(cfg.to_dict()) == cfg  # what this version saves reads back as itself
+    pool = saved_config({"model": "meanpool", "dim": 32, "dropout": 0.3})  # an old baseline MLP run
+    assert (pool.meanpool.hidden, pool.meanpool.dropout) == (32, 0.3)
+    assert as_config(old).loss.aux_loss == Config().loss.aux_loss  # options a user passes: today's defaults

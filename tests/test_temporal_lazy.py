@@ -42,13 +42,13 @@ def test_lazy_videos_serve_the_same_frames_within_the_budget(small_shards):
     mem, lazy = Videos(reader, ids), load_videos(reader, ids, budget)
     assert isinstance(lazy, LazyVideos) and isinstance(load_videos(reader, ids, 4 * budget), Videos)
     np.testing.assert_array_equal(mem.lengths, lazy.lengths)
-    cfg = temporal.Config(**TINY)
+    cfg = temporal.as_config(TINY)
     for seed in range(3):  # a few epochs' worth of batches, same generator state on both sides
         r1, r2 = np.random.default_rng(seed), np.random.default_rng(seed)
         for rows in np.array_split(np.random.default_rng(100 + seed).permutation(len(ids)), 6):
-            a = train_batch(mem, rows, cfg, r1, "cpu")
+            a = train_batch(mem, rows, cfg.data, r1, "cpu")
             lazy.prefetch(rows[::-1])  # a read in the background must not change what is served
-            b = train_batch(lazy, rows, cfg, r2, "cpu")
+            b = train_batch(lazy, rows, cfg.data, r2, "cpu")
             for x, y in zip(a, b, strict=True):
                 assert x.equal(y)
         np.testing.assert_array_equal(frame_sample(mem, range(len(ids)), np.random.default_rng(seed), 300),
@@ -104,7 +104,7 @@ def test_memory_budget_is_parsed_and_refused_clearly():
     assert memory_bytes("auto") > 0
     for bad in ("lots", "-1GB", "2XB", "0"):
         with pytest.raises(ConfigError, match="memory_budget"):
-            temporal.Config(memory_budget=bad)
+            temporal.as_config(memory_budget=bad)
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import temporal
-from temporal import Config, build_model
+from temporal import as_config, build_model
 from temporal.data import Clip, eval_batches, sample_frames, view_frames
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -31,7 +31,7 @@ VARIANTS = [("stan", "both", f) for f in FUSIONS] + [
 @pytest.mark.parametrize(("model", "streams", "fusion"), VARIANTS)
 def test_every_variant_runs_forward_and_backward_with_masks(model, streams, fusion):
     torch.manual_seed(0)
-    m = build_model(Config(model=model, streams=streams, fusion=fusion, **SMALL), 16, 5).train()
+    m = build_model(as_config(model=model, streams=streams, fusion=fusion, **SMALL), 16, 5).train()
     x, t, mask = batch([7, 11, 2])
     out, aux = m.outputs(x, t, mask)
     assert out.shape == (3, 5) and torch.isfinite(out).all()
@@ -49,7 +49,7 @@ def test_every_variant_runs_forward_and_backward_with_masks(model, streams, fusi
 @pytest.mark.parametrize(("model", "streams", "fusion"), VARIANTS)
 def test_padding_does_not_change_the_output(model, streams, fusion, time_encoding, events, pairs):
     torch.manual_seed(0)
-    cfg = Config(model=model, streams=streams, fusion=fusion, time_encoding=time_encoding, events=events,
+    cfg = as_config(model=model, streams=streams, fusion=fusion, time_encoding=time_encoding, events=events,
                  event_pairs=pairs, **SMALL)
     m = build_model(cfg, 16, 4).eval()
     lengths = [7, 11, 1, 4]
@@ -65,8 +65,8 @@ def test_temporal_stream_sees_order_and_mean_pool_does_not():
     torch.manual_seed(0)
     x, t, mask = batch([12])
     rev = x.flip(1)
-    stan = build_model(Config(streams="temporal", **SMALL), 16, 2).eval()
-    pool = build_model(Config(model="meanpool", **SMALL), 16, 2).eval()
+    stan = build_model(as_config(streams="temporal", **SMALL), 16, 2).eval()
+    pool = build_model(as_config(model="meanpool", **SMALL), 16, 2).eval()
     assert not torch.allclose(stan(x, t, mask), stan(rev, t, mask), atol=1e-4)
     torch.testing.assert_close(pool(x, t, mask), pool(rev, t, mask))
 
@@ -80,7 +80,7 @@ def test_event_summary_says_how_much_where_and_how_often():
     seq = [0] * 20 + [1] * 10 + [0] * 30 + [2] * 5 + [0] * 20 + [2] * 5 + [0] * 11  # 101 frames
     x = kinds[seq][None] + 0.01 * torch.randn(1, len(seq), 16)
     t = torch.arange(len(seq)).float()[None] * 2.0
-    m = build_model(Config(events=3, event_pairs=True, **SMALL), 16, 2).eval()
+    m = build_model(as_config(events=3, event_pairs=True, **SMALL), 16, 2).eval()
     m.events.fit(kinds)
     with torch.no_grad():
         m.events.log_scale.fill_(np.log(200.0))
@@ -92,7 +92,7 @@ def test_event_summary_says_how_much_where_and_how_often():
     torch.testing.assert_close(share, torch.tensor([81, 10, 10]) / 101, atol=1e-3, rtol=0)
     torch.testing.assert_close(where[1], torch.tensor(24.5 / 100), atol=3e-3, rtol=0)
     torch.testing.assert_close(onsets, torch.tensor([4.0, 1.0, 2.0]), atol=1e-2, rtol=0)
-    reordered = build_model(Config(events=3, event_pairs=True, **SMALL), 16, 2).eval()
+    reordered = build_model(as_config(events=3, event_pairs=True, **SMALL), 16, 2).eval()
     reordered.load_state_dict(m.state_dict())
     assert not torch.allclose(m(x, t, t > -1), reordered(x.flip(1), t, t > -1))  # same frames, other order
 
@@ -106,7 +106,7 @@ def test_the_pair_numbers_say_which_event_comes_first_and_flip_with_time():
     x = kinds[seq][None] + 0.01 * torch.randn(1, len(seq), 16)
     t = torch.arange(len(seq)).float()[None]
     mask = torch.ones_like(t, dtype=torch.bool)
-    ev = build_model(Config(events=3, event_pairs=True, **SMALL), 16, 2).eval().events
+    ev = build_model(as_config(events=3, event_pairs=True, **SMALL), 16, 2).eval().events
     ev.fit(kinds)
     with torch.no_grad():
         ev.log_scale.fill_(np.log(200.0))
@@ -117,12 +117,12 @@ def test_the_pair_numbers_say_which_event_comes_first_and_flip_with_time():
 
 
 def test_the_event_summary_alone_is_an_ablation_of_the_streams():
-    m = build_model(Config(streams="none", events=4, **SMALL), 16, 3).eval()
+    m = build_model(as_config(streams="none", events=4, **SMALL), 16, 3).eval()
     assert m.spatial is None and m.temporal is None
     x, t, mask = batch([7, 11])
     assert m(x, t, mask).shape == (2, 3)
     with pytest.raises(temporal.ConfigError, match="events > 0"):
-        Config(streams="none", events=0)
+        as_config(streams="none", events=0)
 
 
 def test_sampling_covers_the_video_and_views_are_deterministic():
@@ -168,7 +168,7 @@ def test_full_length_forward_never_builds_the_attention_matrix():
     import resource
 
     torch.manual_seed(0)
-    m = build_model(Config(dim=64, heads=4, depth_spatial=1, depth_temporal=1, clip_len=1), 32, 3).eval()
+    m = build_model(as_config(dim=64, heads=4, depth_spatial=1, depth_temporal=1, clip_len=1), 32, 3).eval()
     x, t, mask = batch([6000, 2000], dim=32)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     with torch.inference_mode():

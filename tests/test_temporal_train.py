@@ -40,7 +40,8 @@ def test_loss_falls_and_the_run_directory_is_complete(tmp_path):
     files = {p.name for p in run.iterdir()}
     assert files == {"config.json", "model.safetensors", "history.csv", "summary.json"}
     hist = read_csv(run / "history.csv")
-    cols = ["epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", "lr", "seconds"]
+    # val_output: which head (fused, or one branch's) predicts best on val this epoch
+    cols = ["epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", "val_output", "lr", "seconds"]
     assert list(hist[0]) == cols
     losses = [float(r["train_loss"]) for r in hist]
     assert len(losses) == 8 and losses[-1] < 0.5 * losses[0]
@@ -48,7 +49,8 @@ def test_loss_falls_and_the_run_directory_is_complete(tmp_path):
     assert summary["val"]["accuracy"] > 0.9 and summary["videos"] == {"train": 24, "val": 12, "test": 12}
     meta = json.loads((run / "config.json").read_text())
     assert meta["task"] == "single" and meta["classes"] == ["class0", "class1", "class2"]
-    assert meta["config"]["fusion"] == "cross"
+    assert meta["config"]["stan"]["fusion"] == "cross"
+    assert meta["output"] in ("fused", "spatial", "temporal", "summary")
 
 
 def test_training_is_reproducible_with_a_seed(tmp_path):
@@ -87,12 +89,12 @@ def test_saved_run_reloads_in_a_fresh_process_and_reproduces_its_metrics(tmp_pat
     assert test["split"] == "test" and test["videos"] == 9 and (out / "predictions_test.csv").exists()
 
 
-def test_stan_with_the_temporal_stream_learns_event_order_and_mean_pool_cannot(tmp_path):
+def test_the_default_two_stream_network_learns_event_order_and_mean_pool_cannot(tmp_path):
     cache, labels = order_task(tmp_path, pairs=120, frames=16, event_len=2, dim=16)
-    # the two streams beside the event summary, each branch with a loss of its own and dropped at random
-    cfg = dict(dim=64, heads=4, depth_spatial=1, depth_temporal=1, depth_fusion=1, clip_len=2, frames=16,
-               epochs=60, batch_size=16, lr=2e-3, patience=10, dropout=0.1, warmup=2, streams="both",
-               aux_loss=1.0, branch_drop=0.5)
+    # the default model (both streams beside the event summary, each branch with a head and a loss of
+    # its own, dropped at random); only the training is shortened, to the videos' 16 frames
+    cfg = dict(frames=16, epochs=20, batch_size=16, lr=2e-3, patience=6)
+    assert temporal.as_config(cfg).stan == temporal.Config().stan
     run = temporal.train(cache, labels, tmp_path / "stan", cfg, log=quiet)
     stan = temporal.evaluate(run, "test", log=quiet)
     ref = temporal.baseline(cache, labels, tmp_path / "probe", cfg, log=quiet)
@@ -199,7 +201,7 @@ def test_a_regression_run_evaluates_on_labels_without_train_rows(tmp_path):
 def test_cls_and_mask_tokens_are_not_weight_decayed():
     from temporal.loop import param_groups
 
-    model = temporal.build_model(temporal.Config(**{**TINY, "frames": 8}), 16, 3)
+    model = temporal.build_model(temporal.as_config(TINY, frames=8), 16, 3)
     decayed, kept = param_groups(model, 0.05)
     names = {id(p): n for n, p in model.named_parameters()}
     assert decayed["weight_decay"] == 0.05 and kept["weight_decay"] == 0.0
@@ -220,7 +222,7 @@ def test_pretraining_reconstructs_the_timeline_and_fine_tuning_starts_from_it(tm
 
     before, after = load_file(str(pre / "model.safetensors")), load_file(str(run / "model.safetensors"))
     assert set(before) < set(after)  # the head is new
-    with pytest.raises(temporal.ConfigError, match="another architecture: dim=32"):
+    with pytest.raises(temporal.ConfigError, match=r"another architecture: stan\.width=32"):
         temporal.train(cache, labels, tmp_path / "bad", {**cfg, "dim": 64}, epochs=1, init=str(pre),
                        log=quiet)
 
@@ -267,21 +269,24 @@ def test_a_run_whose_weights_do_not_fit_its_config_is_refused_by_name(tmp_path):
     cache, labels = class_task(tmp_path, videos=24, classes=3)
     run = temporal.train(cache, labels, tmp_path / "run", TINY, epochs=1, log=quiet)
     meta = json.loads((run / "config.json").read_text())
-    meta["config"]["event_pairs"] = not meta["config"]["event_pairs"]  # as a run of another version reads
+    meta["config"]["stan"]["event_pairs"] ^= True  # as a run of another version reads
     (run / "config.json").write_text(json.dumps(meta))
     with pytest.raises(RunError, match=r"run: its weights do not fit the model its config\.json describes"):
         temporal.load_run(run)
 
 
 def test_a_run_interrupted_before_the_lasso_existed_resumes_without_it(tmp_path):
+    from temporal.config import flat_name
     from temporal.train import check_resumable
 
-    saved = temporal.Config(**TINY, event_l1=0.0).to_dict()
-    del saved["event_l1"]  # what such a checkpoint holds
+    then = temporal.as_config(TINY, event_l1=0.0, aux_loss=0.0, branch_drop=0.0)
+    new = ("loss.", "stan.time_bias", "stan.recurrence")  # options that version did not have yet
+    saved = {flat_name(p): v for p, v in then.flat().items() if not p.startswith(new)}  # a flat save
+    saved["dim"], saved["heads"] = saved.pop("width"), saved.pop("attention_heads")
     state = {"config": saved, "fingerprint": {"f": 1}}
-    check_resumable(tmp_path, state, temporal.Config(**TINY, event_l1=0.0), {"f": 1})
-    with pytest.raises(RunError, match=r"event_l1: 0\.0 -> 0\.3"):
-        check_resumable(tmp_path, state, temporal.Config(**TINY), {"f": 1})
+    check_resumable(tmp_path, state, then, {"f": 1})
+    with pytest.raises(RunError, match=r"loss\.event_l1: 0\.0 -> 0\.3"):
+        check_resumable(tmp_path, state, then.replace(event_l1=0.3), {"f": 1})
 
 
 def test_stage_two_reads_a_cache_on_an_fsspec_url(tmp_path):

@@ -14,7 +14,7 @@ import temporal
 from pipeline.metrics import training_info, write_metrics
 from pipeline.params import load_params, parse, stage_parser, training_inputs
 from pipeline.threads import one_thread
-from temporal.baseline import BASELINE_OPTIONS
+from temporal.config import BASELINE_OPTIONS
 
 PARAMS = [f"temporal.{name}" for name in BASELINE_OPTIONS]
 

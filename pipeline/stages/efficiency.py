@@ -1,19 +1,19 @@
 """DVC stage `efficiency@<labelset>`: STAN and the linear probe on growing fractions of the train
-split, one CSV row each (params: every temporal.* key but train_fraction, which the sweep sets, and
-efficiency)."""
+split, one CSV row each (params: every temporal.* key but labels.train_fraction, which the sweep
+sets, and the mean-pool MLP's, which it does not train; and efficiency)."""
 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import sys
 from pathlib import Path
 
 import temporal
 from pipeline.params import load_params, parse, stage_parser, training_inputs
 from pipeline.threads import one_thread
+from temporal.config import paths
 
-PARAMS = [f"temporal.{f.name}" for f in dataclasses.fields(temporal.Config) if f.name != "train_fraction"]
+PARAMS = [f"temporal.{p}" for p in paths() if p != "labels.train_fraction" and not p.startswith("meanpool.")]
 PARAMS.append("efficiency")
 
 
