@@ -1,7 +1,7 @@
 """Stage two: STAN and baselines trained from the feature cache.
 
     import temporal
-    cfg = temporal.Config(fusion="cross", streams="both", frames=64)
+    cfg = temporal.as_config(fusion="sum", frames=64)                      # over the defaults
     run = temporal.train("cache/", "labels.csv", "runs/stan", cfg)        # -> Path of the run
     metrics = temporal.evaluate(run, "test")                               # -> dict, writes files
     temporal.predict_videos(run, videos_dir="new/", out="predictions.csv")  # unlabelled videos

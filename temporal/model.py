@@ -1,6 +1,7 @@
 """STAN: a spatial and a temporal transformer stream over cached frame embeddings, an event
-summary beside them, fused (`streams: both`, `events: 24`; the default today is the summary
-alone, `streams: none`, which the streams do not yet beat: docs/ablations.md).
+summary beside them, fused; each of the three branches also has a head of its own, and the
+output that predicts (the fused head or one branch's) is chosen on val. That is the default
+(`streams: both`, `events: 24`, `aux_loss: 1`, `branch_drop: 0.5`; docs/ablations.md).
 
     x [B,T,D], t [B,T], mask [B,T]       (x → its pca_dims whitened principal components, if set)
       ├─ spatial : Linear(D→d)+LN per frame, +time(t), [CLS], L_s blocks          → S [B,1+T,d]

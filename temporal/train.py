@@ -84,14 +84,7 @@ def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: 
     if cfg.eval.monitor not in ("loss", *METRICS[task]):
         raise ConfigError(f"monitor {cfg.eval.monitor!r} is not a val metric of a {task} task: "
                           f"choose from {('loss', *METRICS[task])}")
-    meta = {"format": RUN_FORMAT, "task": task, "classes": classes, "in_dim": data.videos.dim,
-            "out_dim": 1 if task == "regression" else len(classes), "target_mean": 0.0, "target_std": 1.0,
-            **recorded_paths(cache_dir, labels_csv, out), "fingerprint": data.fingerprint,
-            "provenance": data.provenance, "config": cfg.to_dict(),
-            "versions": {"torch": torch.__version__, "numpy": np.__version__}}
-    if task == "regression":  # standardise targets so lr and init suit any unit
-        y = data.labels.target_array(data.train)
-        meta["target_mean"], meta["target_std"] = float(y.mean()), float(y.std()) or 1.0
+    meta = run_meta(data, cfg, recorded_paths(cache_dir, labels_csv, out))
     y_all = targets_tensor(data, range(len(data.labels)), meta["target_mean"], meta["target_std"])
 
     model = build_model(cfg, meta["in_dim"], meta["out_dim"])
@@ -130,21 +123,8 @@ def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: 
     epochs = range(done + 1, 1 if stopped_early else cfg.optim.epochs + 1)
     bar = progress(epochs, desc="epochs", unit="ep", initial=done, total=cfg.optim.epochs)
     for epoch in bar:
-        model.train()
-        loss_sum, seen = 0.0, 0
-        for rows, x, t, m in epoch_batches(data.videos, data.train, cfg, rng, device):
-            x, m = augment(x, m, cfg.data, std, rng)
-            y = y_all[torch.from_numpy(rows)].to(device)
-            lr = schedule(step)
-            with autocast(device):
-                logits, aux = model.outputs(x, t, m)
-            loss = loss_fn(task, logits, y)
-            extra = sum(loss_fn(task, a, y) for a in aux) * (cfg.loss.aux_loss / max(1, len(aux)))
-            optimizer_step(opt, model, loss + extra + sparsity(model, cfg), lr, cfg.optim.grad_clip)
-            loss_sum += loss.item() * len(rows)
-            seen += len(rows)
-            step += 1
-        row = {"epoch": epoch, "train_loss": loss_sum / seen}
+        train_loss, step, lr = train_epoch(model, opt, data, y_all, cfg, schedule, step, std, rng, device)
+        row = {"epoch": epoch, "train_loss": train_loss}
         if use_val:
             val = select_output(model, score_outputs(model, data, data.val, cfg, meta, device), monitor)
             row.update({f"val_{k}": v for k, v in val.items() if k != "videos"})
@@ -172,23 +152,67 @@ def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: 
         best_epoch = len(history)
     else:
         model.load_state_dict(best_state)
-    save_file(cpu_weights(model), str(out / "model.safetensors"))
-    meta["best_epoch"] = best_epoch
-    meta["output"] = model.output_names[int(getattr(model, "selected", -1)) + 1]
-    write_json(out / "config.json", meta)
     summary = {"best_epoch": best_epoch, "epochs_run": len(history), "stopped_early": stopped_early,
-               "train_seconds": round(time.time() - t0, 2), "params": n_params,
-               "videos": {"train": len(data.train), "val": len(data.val), "test": len(data.test)}}
-    if use_val:
-        summary["val"], _ = score_rows(model, data, data.val, cfg, meta, device)
-    write_json(out / "summary.json", summary)
-    (out / CHECKPOINT).unlink(missing_ok=True)  # the run is complete: nothing left to resume
+               "train_seconds": round(time.time() - t0, 2), "params": n_params}
+    summary = save_run(out, model, meta, summary, data, cfg, device)
     shown = ", ".join(f"{k} {v:.4f}" for k, v in summary.get("val", {}).items()
                       if k != "videos" and v is not None)
     log(f"trained {describe_model(cfg)} on {len(data.train)} videos: "
         f"best epoch {best_epoch}/{len(history)}{' (early stop)' if stopped_early else ''}"
         f"{', val ' + shown if shown else ''}{output_note(model)}, {summary['train_seconds']:.1f} s -> {out}")
     return out
+
+
+def save_run(out: Path, model: torch.nn.Module, meta: dict, summary: dict, data: Data, cfg: Config,
+             device: torch.device) -> dict:
+    """Write the kept weights, config.json and summary.json (with the val metrics of those weights),
+    then drop the checkpoint: the run is complete, nothing is left to resume. Returns the summary."""
+    save_file(cpu_weights(model), str(out / "model.safetensors"))
+    meta = {**meta, "best_epoch": summary["best_epoch"],
+            "output": model.output_names[int(getattr(model, "selected", -1)) + 1]}
+    write_json(out / "config.json", meta)
+    summary = {**summary, "videos": {"train": len(data.train), "val": len(data.val), "test": len(data.test)}}
+    if data.val:
+        summary["val"], _ = score_rows(model, data, data.val, cfg, meta, device)
+    write_json(out / "summary.json", summary)
+    (out / CHECKPOINT).unlink(missing_ok=True)
+    return summary
+
+
+def run_meta(data: Data, cfg: Config, paths: dict) -> dict:
+    """What a run's config.json records before training (best_epoch and output come after)."""
+    task, classes = data.labels.task, data.labels.classes
+    meta = {"format": RUN_FORMAT, "task": task, "classes": classes, "in_dim": data.videos.dim,
+            "out_dim": 1 if task == "regression" else len(classes), "target_mean": 0.0, "target_std": 1.0,
+            **paths, "fingerprint": data.fingerprint, "provenance": data.provenance, "config": cfg.to_dict(),
+            "versions": {"torch": torch.__version__, "numpy": np.__version__}}
+    if task == "regression":  # standardise targets so lr and init suit any unit
+        y = data.labels.target_array(data.train)
+        meta["target_mean"], meta["target_std"] = float(y.mean()), float(y.std()) or 1.0
+    return meta
+
+
+def train_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, data: Data, y_all: torch.Tensor,
+                cfg: Config, schedule: Schedule, step: int, std: torch.Tensor | None,
+                rng: np.random.Generator, device: torch.device) -> tuple[float, int, float]:
+    """One pass over the train split: (mean task loss, steps taken so far, the last learning rate).
+    Each branch head's loss is added with weight aux_loss (averaged over branches), and the
+    summary's group lasso."""
+    model.train()
+    task, loss_sum, seen, lr = data.labels.task, 0.0, 0, schedule(step)
+    for rows, x, t, m in epoch_batches(data.videos, data.train, cfg, rng, device):
+        x, m = augment(x, m, cfg.data, std, rng)
+        y = y_all[torch.from_numpy(rows)].to(device)
+        lr = schedule(step)
+        with autocast(device):
+            logits, aux = model.outputs(x, t, m)
+        loss = loss_fn(task, logits, y)
+        extra = sum(loss_fn(task, a, y) for a in aux) * (cfg.loss.aux_loss / max(1, len(aux)))
+        optimizer_step(opt, model, loss + extra + sparsity(model, cfg), lr, cfg.optim.grad_clip)
+        loss_sum += loss.item() * len(rows)
+        seen += len(rows)
+        step += 1
+    return loss_sum / seen, step, lr
 
 
 def output_note(model: torch.nn.Module) -> str:
