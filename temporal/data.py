@@ -355,7 +355,12 @@ def principal_components(videos: AnyVideos, rows, dims: int, rng: np.random.Gene
     videos `rows` (a sample of at most `max_frames`), whitened: each output has unit variance."""
     X = frame_sample(videos, rows, rng, max_frames)
     mean = X.mean(0)
-    _, s, vt = np.linalg.svd(X - mean, full_matrices=False)
+    try:
+        _, s, vt = np.linalg.svd(X - mean, full_matrices=False)
+    except np.linalg.LinAlgError:  # LAPACK's divide-and-conquer driver fails on a few matrices
+        import scipy.linalg
+
+        _, s, vt = scipy.linalg.svd(X - mean, full_matrices=False, lapack_driver="gesvd")
     dims = min(dims, len(s))
     scale = np.maximum(s[:dims] / np.sqrt(max(1, len(X) - 1)), 1e-6)
     return mean.astype(np.float32), (vt[:dims].T / scale).astype(np.float32)

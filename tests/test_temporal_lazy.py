@@ -135,3 +135,21 @@ def test_a_run_interrupted_in_memory_resumes_lazily_to_the_same_end(small_shards
                          log=lambda m, *_: notes.append(m))
     assert any("read lazily" in n for n in notes) and any("resuming" in n for n in notes), notes
     assert same_weights(whole, cut) and untimed(whole) == untimed(cut)
+
+
+def test_principal_components_survive_lapacks_divide_and_conquer_failing(tmp_path, monkeypatch):
+    """numpy's SVD (LAPACK gesdd) once failed to converge in a MiniRocket probe's PCA on real
+    features; the slower gesvd driver then gives the same components."""
+    from temporal.data import principal_components
+
+    cache, _ = class_task(tmp_path, videos=12, classes=2)
+    videos = load_videos(storage.open_cache(cache), storage.open_cache(cache).video_ids, 1 << 30)
+    mean, proj = principal_components(videos, range(12), 4, np.random.default_rng(0))
+
+    def fails(*_a, **_k):
+        raise np.linalg.LinAlgError("SVD did not converge")
+
+    monkeypatch.setattr(np.linalg, "svd", fails)
+    mean2, proj2 = principal_components(videos, range(12), 4, np.random.default_rng(0))
+    np.testing.assert_array_equal(mean, mean2)
+    np.testing.assert_allclose(np.abs(proj), np.abs(proj2), rtol=1e-4, atol=1e-6)  # up to each sign
