@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, Ridge, RidgeClassifier
 from sklearn.multiclass import OneVsRestClassifier
@@ -106,8 +107,12 @@ def minirocket_probe(data, cfg: Config, out: Path, dims: int = 32, length: int =
 
     rocket = MiniRocket(random_state=cfg.optim.seed)
     raw = {s: series(getattr(data, s)) for s in ("train", "val", "test")}
-    rocket.fit(raw["train"])
-    feats = {s: rocket.transform(x) if len(x) else np.zeros((0, 1)) for s, x in raw.items()}
+    threads = torch.get_num_threads()
+    try:
+        rocket.fit(raw["train"])
+        feats = {s: rocket.transform(x) if len(x) else np.zeros((0, 1)) for s, x in raw.items()}
+    finally:  # aeon sets torch's thread count to the cores': what trains next in this process would
+        torch.set_num_threads(threads)  # sum in another order (DVC's stages compute on one thread)
     return fit_probe(data, cfg, out, feats, "minirocket", ridge=True, strengths=ROCKET_STRENGTHS)
 
 

@@ -18,7 +18,8 @@ from tests.testing import REPO
 TINY = {
     "demo": {"videos": 24, "min_seconds": 3, "max_seconds": 5, "fps": 5, "width": 64, "height": 48},
     "extract": {"batch_size": 16},
-    "temporal": {"dim": 32, "heads": 2, "frames": 8, "epochs": 2, "batch_size": 8, "eval_views": 1},
+    "temporal": {"stan": {"width": 32, "attention_heads": 2}, "meanpool": {"hidden": 32},
+                 "data": {"frames": 8}, "optim": {"epochs": 2, "batch_size": 8}, "eval": {"views": 1}},
     "efficiency": {"train_fractions": [0.5, 1.0]},
 }
 
@@ -152,7 +153,11 @@ def project(tmp_path):
             shutil.copy2(REPO / f, tmp_path / f)
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())
     for section, values in TINY.items():
-        params[section].update(values)
+        for key, value in values.items():  # one level deeper where the section has parts (temporal)
+            if isinstance(value, dict):
+                params[section][key].update(value)
+            else:
+                params[section][key] = value
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (tmp_path / "dvc.lock").unlink(missing_ok=True)
     sh("git", "init", "-q", cwd=tmp_path)
@@ -211,7 +216,7 @@ def test_dvc_repro_runs_the_pipeline_then_has_nothing_to_do(project):
     assert "modified" not in status and "up to date" in status, status
 
     # an ablation of a stage-two knob re-runs stage two only: the cache is reused
-    exp = dvc("exp", "run", "-S", "temporal.event_l1=0.1", cwd=project)
+    exp = dvc("exp", "run", "-S", "temporal.loss.event_l1=0.1", cwd=project)
     assert "Running stage 'train@order'" in exp
     assert "Running stage 'extract'" not in exp and "Running stage 'prepare'" not in exp
     # the baseline does not depend on STAN's own switches
@@ -224,4 +229,4 @@ def test_dvc_repro_runs_the_pipeline_then_has_nothing_to_do(project):
                 if f.startswith("metrics/") for k in flat_keys(d["data"])}  # not eventbench/: not run
     assert {k.split(".")[-1] for _, _, k in compared} == {"accuracy", "loss", "macro_f1"}, compared
     report = sh(sys.executable, "-m", "pipeline", "report", cwd=project)
-    assert "temporal.event_l1" in report and "order: stan accuracy" in report
+    assert "temporal.loss.event_l1" in report and "order: stan accuracy" in report

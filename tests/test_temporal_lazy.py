@@ -111,7 +111,8 @@ def test_memory_budget_is_parsed_and_refused_clearly():
 def test_the_cli_takes_a_memory_budget(small_shards, tmp_path):
     cache, labels, budget = small_shards
     proc = run_module("temporal", "train", "--cache", cache, "--labels", labels, "--out", tmp_path / "run",
-                      "--dim", 32, "--heads", 4, "--frames", 8, "--epochs", 1, "--memory-budget", str(budget),
+                      "--width", 32, "--attention-heads", 4, "--frames", 8, "--epochs", 1,
+                      "--memory-budget", str(budget),
                       env={"OMP_NUM_THREADS": "1"})
     assert "read lazily" in proc.stdout
     proc = run_module("temporal", "train", "--cache", cache, "--labels", labels, "--out", tmp_path / "r2",

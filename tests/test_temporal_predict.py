@@ -98,7 +98,7 @@ def test_cli_predicts_new_videos_extracted_like_the_training_cache(tmp_path):
     extract(tiny(fps=5), tmp_path / "videos", tmp_path / "cache")
     labels = write_labels(tmp_path / "labels.csv", rows)
     run = tmp_path / "run"
-    cli("train", "--cache", tmp_path / "cache", "--labels", labels, "--out", run, "--dim=32", "--frames=8",
+    cli("train", "--cache", tmp_path / "cache", "--labels", labels, "--out", run, "--width=32", "--frames=8",
         "--epochs=3", "--batch-size=4")
     new = tmp_path / "new"
     new.mkdir()

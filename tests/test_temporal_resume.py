@@ -115,7 +115,10 @@ def test_a_run_evaluates_from_another_working_directory(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_cli_resumes_a_sigkilled_run_to_the_uninterrupted_result(tmp_path):
     cache, labels = class_task(tmp_path, videos=48, classes=3, lengths=(8, 40))
-    opts = [f"--{k.replace('_', '-')}={v}" for k, v in {**NOISY, "epochs": 12, "patience": 0}.items()]
+    from temporal.config import RENAMED, flat_name
+
+    flags = {flat_name(RENAMED[k][0]) if k in RENAMED else k: v for k, v in NOISY.items()}  # dim: --width
+    opts = [f"--{k.replace('_', '-')}={v}" for k, v in {**flags, "epochs": 12, "patience": 0}.items()]
     cli("train", "--cache", cache, "--labels", labels, "--out", tmp_path / "whole", *opts)
     cut = tmp_path / "cut"
     args = ["train", "--cache", cache, "--labels", labels, "--out", cut, *opts]

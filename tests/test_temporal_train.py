@@ -70,10 +70,12 @@ def test_saved_run_reloads_in_a_fresh_process_and_reproduces_its_metrics(tmp_pat
     cache, labels = class_task(tmp_path, videos=36, classes=3, lengths=(10, 50))
     out = tmp_path / "runs" / "x"
     proc = cli("train", "--cache", cache, "--labels", labels, "--out", out,
-               "--dim", 32, "--heads", 4, "--depth-spatial", 1, "--depth-temporal", 1, "--clip-len", 2,
-               "--frames", 16, "--epochs", 4, "--lr", 3e-3, "--batch-size", 8, "--eval-views", 3)
-    # the defaults
-    assert "trained stan: event summary (K=24, pairs) on 18 videos" in proc.stdout
+               "--width", 32, "--attention-heads", 4, "--depth-spatial", 1, "--depth-temporal", 1,
+               "--clip-len", 2, "--frames", 16, "--epochs", 4, "--lr", 3e-3, "--batch-size", 8, "--eval-views", 3)
+    # the defaults: both streams, the event summary, and the head that predicts
+    assert "trained stan: streams both/cross + event summary (K=24, pairs) on 18 videos" in \
+        proc.stdout
+    assert "(predicting with the " in proc.stdout
     summary = json.loads((out / "summary.json").read_text())
     cli("evaluate", "--run", out, "--split", "val", "--metrics", tmp_path / "m.json",
         "--predictions", tmp_path / "p.csv")
@@ -308,3 +310,14 @@ def test_stage_two_reads_a_cache_on_an_fsspec_url(tmp_path):
     out = cli("evaluate", "--run", str(run), "--cache", url, "--metrics", str(tmp_path / "m.json"))
     assert out.returncode == 0, out.stderr
     assert json.loads((tmp_path / "m.json").read_text())["videos"] == 6
+
+
+def test_minirocket_leaves_torchs_thread_count_as_it_found_it(tmp_path):
+    """aeon sets torch's thread count to the cores'; a STAN run after the probe in the same process
+    (the efficiency stage) would then sum in another order and miss its committed figures."""
+    import torch
+
+    cache, labels = class_task(tmp_path, videos=24, classes=2)
+    torch.set_num_threads(1)
+    temporal.baseline(cache, labels, tmp_path / "probe", TINY, mlp=False, probes=("minirocket",), log=quiet)
+    assert torch.get_num_threads() == 1
