@@ -71,7 +71,8 @@ def test_saved_run_reloads_in_a_fresh_process_and_reproduces_its_metrics(tmp_pat
     out = tmp_path / "runs" / "x"
     proc = cli("train", "--cache", cache, "--labels", labels, "--out", out,
                "--width", 32, "--attention-heads", 4, "--depth-spatial", 1, "--depth-temporal", 1,
-               "--clip-len", 2, "--frames", 16, "--epochs", 4, "--lr", 3e-3, "--batch-size", 8, "--eval-views", 3)
+               "--clip-len", 2, "--frames", 16, "--epochs", 4, "--lr", 3e-3, "--batch-size", 8,
+               "--eval-views", 3)
     # the defaults: both streams, the event summary, and the head that predicts
     assert "trained stan: streams both/cross + event summary (K=24, pairs) on 18 videos" in \
         proc.stdout
