@@ -21,17 +21,17 @@ from pathlib import Path
 import storage
 from storage.info import fingerprint_diff
 from temporal.dataset import open_videos
+from temporal.meta import RunMeta
 from temporal.run import RunError, check_fingerprint, load_run, recorded_path
 from temporal.scoring import write_scores
 
 
-def extract_config(meta: dict, provenance: dict | None = None, weights: str | None = None,
+def extract_config(fp: dict, provenance: dict | None = None, weights: str | None = None,
                    device: str = "auto"):
-    """The `extract.ExtractConfig` that reproduces the fingerprint of the cache a run was trained on."""
+    """The `extract.ExtractConfig` that reproduces `fp`, the fingerprint of the cache a run was trained on."""
     from extract.backbone import PRECISIONS, weights_from_text
     from extract.config import ExtractConfig
 
-    fp = meta["fingerprint"]
     if "model" not in fp or "sampling" not in fp:
         raise RunError("the run's cache was not made by `python -m extract` (its fingerprint names no "
                        "backbone): extract the videos the same way yourself and pass --cache")
@@ -62,17 +62,17 @@ def default_cache(run: Path, videos_dir: Path) -> Path:
     return run / "predict-cache" / f"{where.name or 'videos'}-{tag}"
 
 
-def provenance_of(run: Path, meta: dict) -> dict:
+def provenance_of(run: Path, meta: RunMeta) -> dict:
     """How the training cache was made: recorded in the run, else read from that cache if it is here."""
-    if meta.get("provenance"):
-        return meta["provenance"]
+    if meta.provenance:
+        return meta.provenance
     try:
         return storage.open_cache(recorded_path(run, meta, "cache")).info.get("provenance") or {}
     except (FileNotFoundError, storage.CacheError):
         return {}
 
 
-def extract_for_run(run: Path, meta: dict, videos_dir: Path, cache_out: Path, weights: str | None = None,
+def extract_for_run(run: Path, meta: RunMeta, videos_dir: Path, cache_out: Path, weights: str | None = None,
                     device: str = "auto", log=print) -> list[str]:
     """Extract the videos under `videos_dir` into `cache_out` with the run's backbone and sampling
     (videos already there are kept); returns the ids of the folder's videos."""
@@ -82,9 +82,9 @@ def extract_for_run(run: Path, meta: dict, videos_dir: Path, cache_out: Path, we
     from extract.engine import run as extract
 
     try:
-        cfg = extract_config(meta, provenance_of(run, meta), weights, device)
+        cfg = extract_config(meta.fingerprint, provenance_of(run, meta), weights, device)
         bb = load_backbone(cfg)
-        diff = fingerprint_diff(meta["fingerprint"], bb.fingerprint(cfg))
+        diff = fingerprint_diff(meta.fingerprint, bb.fingerprint(cfg))
         if diff:
             raise RunError(f"extracting with {cfg.model} now would not give the features the run learnt "
                            "from:\n  " + "\n  ".join(diff)

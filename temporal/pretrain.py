@@ -39,8 +39,9 @@ from temporal.loop import (
     make_optimizer,
     optimizer_step,
 )
+from temporal.meta import RUN_FORMAT
 from temporal.model import build_model, sinusoid
-from temporal.run import RUN_FORMAT, RunError, read_meta, write_history
+from temporal.run import RunError, read_run_json, write_history
 
 PER_TASK = ("heads.", "branch_heads.", "selected")  # what fine-tuning learns anew: never pre-trained
 
@@ -135,7 +136,7 @@ def load_pretrained(model: nn.Module, run_dir: str | os.PathLike, cfg: Config, i
                     fingerprint: dict | None = None) -> str:
     """Load a pre-training run's weights into `model` (everything but the head); returns a note."""
     run = Path(run_dir)
-    meta = read_meta(run, kind="pretrain")
+    meta = read_run_json(run, "pretrain")
     theirs = saved_config(meta["config"])  # an option newer than the run reads as its default
     differ = [f"{p}={theirs.get(p)!r} (here {cfg.get(p)!r})" for p in section_paths("stan")
               if theirs.get(p) != cfg.get(p)]

@@ -37,11 +37,9 @@ from temporal.data import (
 )
 from temporal.dataset import load_data
 from temporal.labels import LabelError
+from temporal.meta import RUN_FORMAT, RunMeta
 from temporal.model import build_model
-from temporal.scoring import full_length_note, label_units, score_rows, video_scores, write_predictions
-
-RUN_FORMAT = 1
-
+from temporal.scoring import full_length_note, score_rows, video_scores, write_predictions
 
 RUN_FILES = ("config.json", "model.safetensors", "history.csv", "summary.json", "metrics_*.json",
              "predictions_*.csv")
@@ -90,11 +88,11 @@ def recorded_paths(cache_dir, labels_csv, out: Path) -> dict:
     return paths
 
 
-def recorded_path(run: Path, meta: dict, key: str) -> Path | ObjectPath:
+def recorded_path(run: Path, meta: RunMeta, key: str) -> Path | ObjectPath:
     """The `cache` or `labels` path a run recorded, found from any working directory."""
-    tried = [as_path(meta[key])]
-    if f"{key}_from_run" in meta:
-        tried.append(run / meta[f"{key}_from_run"])
+    tried = [as_path(getattr(meta, key))]
+    if getattr(meta, f"{key}_from_run") is not None:
+        tried.append(run / getattr(meta, f"{key}_from_run"))
     for p in tried:
         if p.exists():
             return p
@@ -116,8 +114,14 @@ def write_history(path: Path, rows: list[dict]) -> None:
 EVAL_OVERRIDES = ("eval_mode", "eval_views", "batch_size", "device", "memory_budget")
 
 
-def read_meta(run_dir: str | os.PathLike, kind: str = "train") -> dict:
-    """A run folder's config.json, of a training run (`kind` "train") or a pre-training one ("pretrain")."""
+def read_meta(run_dir: str | os.PathLike) -> RunMeta:
+    """A training run's config.json."""
+    return RunMeta.from_json(read_run_json(run_dir, "train"))
+
+
+def read_run_json(run_dir: str | os.PathLike, kind: str) -> dict:
+    """A run folder's config.json as it is, of a training run (`kind` "train") or a pre-training one
+    ("pretrain"), refused by name when it is of the other kind or another format."""
     run = Path(run_dir)
     what = {"train": "a training run", "pretrain": "a pre-training run"}[kind]
     try:
@@ -138,28 +142,28 @@ class Run:
     dir: Path
     model: torch.nn.Module  # in eval mode, on `device`
     config: Config  # the training options, with any evaluation overrides
-    meta: dict  # config.json
+    meta: RunMeta  # config.json
     device: torch.device
 
     @property
     def task(self) -> str:
-        return self.meta["task"]
+        return self.meta.task
 
     @property
     def classes(self) -> list[str]:
-        return self.meta["classes"]
+        return self.meta.classes
 
     def scores(self, videos: AnyVideos, rows: list[int]) -> np.ndarray:
         """Scores of videos `rows`: probabilities [N, C], or regression values [N] in the label's unit."""
         scores = video_scores(self.model, videos, rows, self.config, self.task, self.device)
-        return label_units(scores, self.meta)
+        return self.meta.label_units(scores)
 
     def predict(self, features, timestamps) -> np.ndarray:
         """One video (features [T, D], timestamps [T] in seconds) -> class probabilities [C] (a 0-d
         value for regression, in the label's unit); lists of videos -> [N, C] (or [N])."""
         one = getattr(features, "ndim", None) == 2
         feats, times = ([features], [timestamps]) if one else (list(features), list(timestamps))
-        videos = Videos.from_arrays(feats, times, self.meta["in_dim"])
+        videos = Videos.from_arrays(feats, times, self.meta.in_dim)
         s = self.scores(videos, list(range(len(videos))))
         return s[0] if one else s
 
@@ -171,8 +175,8 @@ def load_run(run_dir: str | os.PathLike, device: torch.device | str | None = Non
     if bad:
         raise RunError(f"evaluation can only override {EVAL_OVERRIDES}, not {bad}")
     meta = read_meta(run_dir)
-    cfg = saved_config(meta["config"]).replace(**{k: v for k, v in overrides.items() if v is not None})
-    model = build_model(cfg, meta["in_dim"], meta["out_dim"])
+    cfg = saved_config(meta.config).replace(**{k: v for k, v in overrides.items() if v is not None})
+    model = build_model(cfg, meta.in_dim, meta.out_dim)
     state = load_file(str(Path(run_dir) / "model.safetensors"))
     if hasattr(model, "selected"):  # runs saved before training chose an output predicted with the fused one
         state.setdefault("selected", torch.tensor(-1))
@@ -199,7 +203,7 @@ def evaluate(run_dir: str | os.PathLike, split: str = "test", metrics_path: str 
     model, cfg, meta, device = loaded.model, loaded.config, loaded.meta, loaded.device
     cache_dir = as_path(cache_dir) if cache_dir is not None else recorded_path(run, meta, "cache")
     labels_csv = Path(labels_csv) if labels_csv is not None else recorded_path(run, meta, "labels")
-    data = load_data(cache_dir, labels_csv, cfg, task=meta["task"], classes=meta["classes"] or None, log=log,
+    data = load_data(cache_dir, labels_csv, cfg, task=meta.task, classes=meta.classes or None, log=log,
                      training=False)
     check_fingerprint(cache_dir, data.fingerprint, meta)
     rows = getattr(data, split)
@@ -217,7 +221,7 @@ def evaluate(run_dir: str | os.PathLike, split: str = "test", metrics_path: str 
     return metrics
 
 
-def check_fingerprint(cache_dir, fingerprint: dict, meta: dict) -> None:
-    if fingerprint != meta["fingerprint"]:
+def check_fingerprint(cache_dir, fingerprint: dict, meta: RunMeta) -> None:
+    if fingerprint != meta.fingerprint:
         raise RunError(f"{cache_dir}: its fingerprint differs from the cache the run was trained on "
                        "(different backbone or preprocessing): the features would not mean the same")

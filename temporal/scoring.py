@@ -18,6 +18,7 @@ from temporal.data import (
 from temporal.dataset import Data
 from temporal.labels import Labels
 from temporal.loop import autocast, to_scores
+from temporal.meta import RunMeta
 from temporal.metrics import clean, compute_metrics, scores_loss
 
 
@@ -66,33 +67,26 @@ def full_length_note(cfg: Config, lengths: np.ndarray) -> str | None:
             "training did; train with frames >= the longest video (or eval_mode views) for the two to agree")
 
 
-def label_units(scores: np.ndarray, meta: dict) -> np.ndarray:
-    """Regression predictions back in the label's unit (training standardised the targets)."""
-    if meta["task"] != "regression":
-        return scores
-    return scores * meta["target_std"] + meta["target_mean"]
-
-
-def score_rows(model, data: Data, rows: list[int], cfg: Config, meta: dict, device
+def score_rows(model, data: Data, rows: list[int], cfg: Config, meta: RunMeta, device
                ) -> tuple[dict, np.ndarray]:
     """(metrics incl. loss, scores in label units) for `rows`."""
-    return score_array(video_scores(model, data.videos, rows, cfg, meta["task"], device), data, rows, meta)
+    return score_array(video_scores(model, data.videos, rows, cfg, meta.task, device), data, rows, meta)
 
 
-def score_outputs(model, data: Data, rows: list[int], cfg: Config, meta: dict, device) -> list[dict]:
+def score_outputs(model, data: Data, rows: list[int], cfg: Config, meta: RunMeta, device) -> list[dict]:
     """The metrics of each of the model's outputs (fused head, then each branch head) on `rows`."""
-    every = video_scores(model, data.videos, rows, cfg, meta["task"], device, every=True)
+    every = video_scores(model, data.videos, rows, cfg, meta.task, device, every=True)
     return [score_array(s, data, rows, meta)[0] for s in every]
 
 
-def score_array(scores: np.ndarray, data: Data, rows: list[int], meta: dict) -> tuple[dict, np.ndarray]:
-    task = meta["task"]
+def score_array(scores: np.ndarray, data: Data, rows: list[int], meta: RunMeta) -> tuple[dict, np.ndarray]:
+    task = meta.task
     y = data.labels.target_array(rows)
     if task == "regression":
-        loss = scores_loss(task, (y - meta["target_mean"]) / meta["target_std"], scores)
+        loss = scores_loss(task, (y - meta.target_mean) / meta.target_std, scores)
     else:
         loss = scores_loss(task, y, scores)
-    scores = label_units(scores, meta)
+    scores = meta.label_units(scores)
     return {"videos": len(rows), "loss": clean(loss), **compute_metrics(task, y, scores)}, scores
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -33,10 +34,11 @@ from temporal.loop import (
     make_optimizer,
     optimizer_step,
 )
+from temporal.meta import RunMeta
 from temporal.metrics import METRICS, better
 from temporal.model import build_model
 from temporal.pretrain import load_pretrained
-from temporal.run import RUN_FORMAT, RunError, prepare_out, recorded_paths, write_history
+from temporal.run import RunError, prepare_out, recorded_paths, write_history
 from temporal.scoring import full_length_note, score_outputs, score_rows
 
 
@@ -85,12 +87,12 @@ def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: 
         raise ConfigError(f"monitor {cfg.eval.monitor!r} is not a val metric of a {task} task: "
                           f"choose from {('loss', *METRICS[task])}")
     meta = run_meta(data, cfg, recorded_paths(cache_dir, labels_csv, out))
-    y_all = targets_tensor(data, range(len(data.labels)), meta["target_mean"], meta["target_std"])
+    y_all = targets_tensor(data, range(len(data.labels)), meta.target_mean, meta.target_std)
 
-    model = build_model(cfg, meta["in_dim"], meta["out_dim"])
+    model = build_model(cfg, meta.in_dim, meta.out_dim)
     fit_without_labels(model, data.videos, data.train, cfg)
     if cfg.init:  # pre-trained weights, their input projection included
-        log(f"note: {load_pretrained(model, cfg.init, cfg, meta['in_dim'], data.fingerprint)}")
+        log(f"note: {load_pretrained(model, cfg.init, cfg, meta.in_dim, data.fingerprint)}")
     model = model.to(device)
     std = None  # only noise augmentation needs the features' spread: no sampling pass otherwise
     if cfg.data.aug_noise > 0:
@@ -163,14 +165,14 @@ def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: 
     return out
 
 
-def save_run(out: Path, model: torch.nn.Module, meta: dict, summary: dict, data: Data, cfg: Config,
+def save_run(out: Path, model: torch.nn.Module, meta: RunMeta, summary: dict, data: Data, cfg: Config,
              device: torch.device) -> dict:
     """Write the kept weights, config.json and summary.json (with the val metrics of those weights),
     then drop the checkpoint: the run is complete, nothing is left to resume. Returns the summary."""
     save_file(cpu_weights(model), str(out / "model.safetensors"))
-    meta = {**meta, "best_epoch": summary["best_epoch"],
-            "output": model.output_names[int(getattr(model, "selected", -1)) + 1]}
-    write_json(out / "config.json", meta)
+    meta = dataclasses.replace(meta, best_epoch=summary["best_epoch"],
+                               output=model.output_names[int(getattr(model, "selected", -1)) + 1])
+    write_json(out / "config.json", meta.to_json())
     summary = {**summary, "videos": {"train": len(data.train), "val": len(data.val), "test": len(data.test)}}
     if data.val:
         summary["val"], _ = score_rows(model, data, data.val, cfg, meta, device)
@@ -179,16 +181,15 @@ def save_run(out: Path, model: torch.nn.Module, meta: dict, summary: dict, data:
     return summary
 
 
-def run_meta(data: Data, cfg: Config, paths: dict) -> dict:
+def run_meta(data: Data, cfg: Config, paths: dict) -> RunMeta:
     """What a run's config.json records before training (best_epoch and output come after)."""
     task, classes = data.labels.task, data.labels.classes
-    meta = {"format": RUN_FORMAT, "task": task, "classes": classes, "in_dim": data.videos.dim,
-            "out_dim": 1 if task == "regression" else len(classes), "target_mean": 0.0, "target_std": 1.0,
-            **paths, "fingerprint": data.fingerprint, "provenance": data.provenance, "config": cfg.to_dict(),
-            "versions": {"torch": torch.__version__, "numpy": np.__version__}}
+    meta = RunMeta(task, classes, data.videos.dim, 1 if task == "regression" else len(classes), cfg.to_dict(),
+                   data.fingerprint, **paths, provenance=data.provenance or {},
+                   versions={"torch": torch.__version__, "numpy": np.__version__})
     if task == "regression":  # standardise targets so lr and init suit any unit
         y = data.labels.target_array(data.train)
-        meta["target_mean"], meta["target_std"] = float(y.mean()), float(y.std()) or 1.0
+        meta.target_mean, meta.target_std = float(y.mean()), float(y.std()) or 1.0
     return meta
 
 

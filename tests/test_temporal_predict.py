@@ -74,17 +74,17 @@ def test_extraction_settings_come_back_from_the_fingerprint_and_provenance():
     fp = {"model": "vit_tiny_patch16_224", "model_kwargs": {"img_size": 32}, "compute": "float16-autocast",
           "sampling": {"policy": "num_frames", "num_frames": 12, "max_frames": None}, "dtype": "float32"}
     weights = {"kind": "file", "path": "/w/vit (1).safetensors", "how": "by name"}
-    cfg = extract_config({"fingerprint": fp}, {"weights": weights, "weights_source": "(for people)"})
+    cfg = extract_config(fp, {"weights": weights, "weights_source": "(for people)"})
     assert (cfg.model, cfg.model_kwargs) == ("vit_tiny_patch16_224", {"img_size": 32})
     assert (cfg.precision, cfg.dtype) == ("fp16", "float32")
     assert cfg.sampling() == fp["sampling"] and cfg.weights == "/w/vit (1).safetensors"
     # a cache made before the source was recorded as data: its display string is read back
-    old = extract_config({"fingerprint": fp}, {"weights_source": "file /w/vit (1).safetensors (by name)"})
+    old = extract_config(fp, {"weights_source": "file /w/vit (1).safetensors (by name)"})
     assert old == cfg
     fp["sampling"] = {"policy": "fps", "fps": 2.0, "max_frames": 64}
-    cfg = extract_config({"fingerprint": fp}, {"weights_source": "random init (seed 7)"})
+    cfg = extract_config(fp, {"weights_source": "random init (seed 7)"})
     assert cfg.sampling() == fp["sampling"] and (cfg.pretrained, cfg.seed, cfg.weights) == (False, 7, None)
-    cfg = extract_config({"fingerprint": fp}, {"weights_source": "timm pretrained (Hugging Face hub)"},
+    cfg = extract_config(fp, {"weights_source": "timm pretrained (Hugging Face hub)"},
                          weights="/elsewhere.safetensors")
     assert cfg.pretrained and cfg.weights == "/elsewhere.safetensors"
 
