@@ -43,7 +43,7 @@ CHOICES = {
     "stan.fusion": ("cross", "concat", "sum", "late"),
     "stan.time_encoding": ("timestamp", "index", "none"),
     "stan.pool": ("cls", "mean", "both"),
-    "stan.stream_input": ("features", "events"),
+    "stan.stream_input": ("features", "events", "mixed"),
     "labels.task": ("auto", "single", "multi", "regression"),
     "data.sampling": ("uniform", "window"),
     "eval.mode": ("views", "full"),
@@ -68,11 +68,11 @@ class StanConfig:
     dropout: float = 0.1  # in the blocks and the heads
     time_encoding: str = "timestamp"  # timestamp (seconds) | index (frame position) | none
     time_bias: bool = False  # attention logits minus slope_h x |t_i - t_j| in seconds (ALiBi in time)
-    recurrence: bool = False  # the temporal stream also reads how alike each frame is to frames near and far
+    recurrence: bool = False  # self-similarity: each frame to frames near and far, and whether a shot returns
     pool: str = "mean"  # a stream's summary: its CLS token | the mean of its frame tokens | both
     events: int = 24  # K>0: an event summary (share, mean position, onsets of K learned prototypes); 0: off
     event_pairs: bool = True  # the event summary also reads, per pair of prototypes, which comes first
-    stream_input: str = "features"  # the streams read the frame features | events (prototype assignments)
+    stream_input: str = "features"  # features | events (prototype assignments) | mixed (temporal: events)
     pca_dims: int = 0  # >0: STAN reads the frames' leading principal components (whitened), 0: raw features
 
 
@@ -172,8 +172,9 @@ class Config:
             raise ConfigError(f"temporal option device={self.device!r}: choose auto, cpu, cuda or cuda:N")
         if s.streams == "none" and not s.events:
             raise ConfigError("stan.streams=none leaves the head nothing to read: set stan.events > 0")
-        if s.stream_input == "events" and not s.events:
-            raise ConfigError("stan.stream_input=events reads the event summary's prototypes: set events > 0")
+        if s.stream_input != "features" and not s.events:
+            raise ConfigError(f"stan.stream_input={s.stream_input} reads the event summary's prototypes: "
+                              "set events > 0")
         if s.width % s.attention_heads:
             raise ConfigError(f"stan.width ({s.width}) must be divisible by attention_heads "
                               f"({s.attention_heads})")

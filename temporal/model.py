@@ -160,11 +160,11 @@ RECURRENCE_EDGES = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, float("inf"))  # second
 
 
 def recurrence(x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """[B, T, 4 x 7]: for each frame i and each bin of time offsets t_j - t_i (before and after,
+    """[B, T, 4 x 7 + 2]: for each frame i and each bin of time offsets t_j - t_i (before and after,
     |offset| in (0,1], (1,2], ... (32, inf) seconds), the highest and the mean cosine similarity
-    of frame i to the frames j there (0 where the bin is empty). Content-agnostic, like the
-    temporal self-similarity matrix of RepNet: a shot that comes back shows as similarity far
-    away across a gap of dissimilar frames, whatever the shot is."""
+    of frame i to the frames j there (0 where the bin is empty); then how strongly frame i comes
+    back after a break, later and earlier (`comeback`). Content-agnostic, like the temporal
+    self-similarity matrix of RepNet: a shot that returns shows whatever the shot is."""
     xn = F.normalize(x.float(), dim=-1)
     sim = xn @ xn.transpose(1, 2)  # [B, T, T]
     dt = t[:, None, :] - t[:, :, None]  # t_j - t_i
@@ -176,10 +176,24 @@ def recurrence(x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Te
             n = inbin.sum(-1)
             top = sim.masked_fill(~inbin, -2.0).amax(-1)
             out += [torch.where(n > 0, top, 0.0), (sim * inbin).sum(-1) / n.clamp(min=1)]
+    out += [comeback(sim, valid), comeback(sim.flip(1, 2), valid.flip(1, 2)).flip(1)]
     return torch.stack(out, dim=-1).to(x.dtype) * mask[..., None].to(x.dtype)
 
 
-RECURRENCE_DIM = 4 * (len(RECURRENCE_EDGES) - 1)
+def comeback(sim: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """[B, T]: max over later frames j of sim(i, j) − min over i < k ≤ j of sim(i, k).
+
+    A frame like i after frames unlike it: near 0 inside one shot however long (its similarity
+    only falls), close to the full drop when the shot comes back after others. The similarity
+    at a lag cannot tell these apart (a 10-s shot is alike to itself 8 s on); this can, and on the
+    time benchmark's repetition task it alone separates once from twice (AUC 0.997)."""
+    idx = torch.arange(sim.shape[-1], device=sim.device)
+    later = (idx[None, :] > idx[:, None]) & valid
+    lowest = torch.cummin(sim.masked_fill(~later, 2.0), dim=-1).values
+    return (sim - lowest).masked_fill(~later, 0.0).amax(-1)
+
+
+RECURRENCE_DIM = 4 * (len(RECURRENCE_EDGES) - 1) + 2
 
 
 class TemporalStream(nn.Module):
@@ -196,14 +210,14 @@ class TemporalStream(nn.Module):
         self.ln = nn.LayerNorm(cfg.width)
         self.encoder = Encoder(cfg, cfg.depth_temporal)
 
-    def forward(self, x, t, mask, frames: torch.Tensor | None = None):
-        """`frames`: the features recurrence compares (the raw frames when x is their assignments)."""
+    def forward(self, x, t, mask, rec: torch.Tensor | None = None):
+        """`rec`: the frames' `recurrence` [B, T, RECURRENCE_DIM], read beside x (with `recurrence`)."""
         x, t = _zero_padding(x, t, mask)
         diff = torch.cat([torch.zeros_like(x[:, :1]), x[:, 1:] - x[:, :-1]], dim=1)
         diff = diff * mask[..., None].to(x.dtype)  # no step from the last real frame into padding
         parts = [x, diff]
         if self.recurrence:
-            parts.append(recurrence(x if frames is None else frames, t, mask))
+            parts.append(rec)
         z = torch.cat(parts, dim=-1)
         pad = (-z.shape[1]) % self.k  # zero-pad to whole clips, as a padded batch would be
         z = F.pad(z, (0, 0, 0, pad))
@@ -256,11 +270,12 @@ class EventSummary(nn.Module):
     frame tokens. The prototypes start as k-means centres of unlabelled frames (`fit`) and are
     fine-tuned; `penalty` lets training keep only the few numbers a label depends on."""
 
-    def __init__(self, in_dim: int, k: int, dim: int, pairs: bool = False):
+    def __init__(self, in_dim: int, k: int, dim: int, pairs: bool = False, comeback: bool = False):
         super().__init__()
         self.protos = nn.Parameter(F.normalize(torch.randn(k, in_dim), dim=-1))
         self.log_scale = nn.Parameter(torch.tensor(math.log(20.0)))  # 1 / temperature
-        n = 3 * k + (k * (k - 1) // 2 if pairs else 0)
+        n = 3 * k + (k * (k - 1) // 2 if pairs else 0) + (4 if comeback else 0)
+        self.comeback = comeback
         self.proj = nn.Sequential(nn.LayerNorm(n), nn.Linear(n, dim))
         self.pairs = pairs
         if pairs:
@@ -275,9 +290,12 @@ class EventSummary(nn.Module):
         sim = F.normalize(x, dim=-1) @ F.normalize(self.protos, dim=-1).T
         return torch.softmax(sim * self.log_scale.exp(), dim=-1) * mask[..., None].to(x.dtype)
 
-    def stats(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """[B, 3K (+ K(K-1)/2)]: each prototype's share of the frames, mean position in [0, 1] and
-        number of onsets; with pairs, for each j < k the chance that a frame of j precedes one of k."""
+    def stats(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor, rec: torch.Tensor | None = None
+              ) -> torch.Tensor:
+        """[B, 3K (+ K(K-1)/2) (+ 4)]: each prototype's share of the frames, mean position in [0, 1]
+        and number of onsets; with pairs, for each j < k the chance that a frame of j precedes one
+        of k; with comeback, the highest and the mean `comeback` of the frames (later, earlier), read
+        from `rec`: whether any shot returns, whichever it is, which prototypes cannot say."""
         m = mask[..., None].to(x.dtype)
         a = self.assign(x, mask)  # [B, T, K], padding 0
         t = torch.where(mask, t, t[:, :1])
@@ -293,10 +311,14 @@ class EventSummary(nn.Module):
             before = torch.einsum("btj,btk->bjk", a, later)  # frames are in time order
             j, k = self.upper
             out.append((before[:, j, k] + 0.5 * eps) / (n[:, j] * n[:, k] + eps))
+        if self.comeback:
+            back = rec[..., -2:]  # 0 on padding
+            out += [back.amax(1), back.sum(1) / m.sum(1).clamp(min=1)]
         return torch.cat(out, dim=-1)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.stats(x, t, mask))
+    def forward(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor, rec: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        return self.proj(self.stats(x, t, mask, rec))
 
     def penalty(self) -> torch.Tensor:
         """Group lasso: the summed L2 norms of each input number's weights (its LayerNorm gain
@@ -315,12 +337,16 @@ class STAN(nn.Module):
         use_s, use_t = cfg.streams in ("both", "spatial"), cfg.streams in ("both", "temporal")
         self.project = InputProjection(in_dim, cfg.pca_dims) if cfg.pca_dims else None
         in_dim = cfg.pca_dims or in_dim
-        self.events = EventSummary(in_dim, cfg.events, cfg.width, cfg.event_pairs) if cfg.events else None
+        self.events = EventSummary(in_dim, cfg.events, cfg.width, cfg.event_pairs, cfg.recurrence
+                                   ) if cfg.events else None
         # the streams read the frames, or each frame's assignment to the summary's prototypes (K
         # numbers instead of D: what a hundred videos can teach a transformer without memorising)
-        stream_in = cfg.events if cfg.stream_input == "events" else in_dim
-        self.spatial = SpatialStream(cfg, stream_in) if use_s else None
-        self.temporal = TemporalStream(cfg, stream_in) if use_t else None
+        # (mixed: the spatial stream the frames, for what is shown; the temporal stream the
+        # assignments, for what happens when: the many-class content and repetition tasks each need one)
+        self.assigned = {"spatial": cfg.stream_input == "events", "temporal": cfg.stream_input != "features"}
+        width = {s: cfg.events if a else in_dim for s, a in self.assigned.items()}
+        self.spatial = SpatialStream(cfg, width["spatial"]) if use_s else None
+        self.temporal = TemporalStream(cfg, width["temporal"]) if use_t else None
         both = use_s and use_t
         self.fusion = cfg.fusion if both else "single" if use_s or use_t else "none"
         d = cfg.width
@@ -392,22 +418,26 @@ class STAN(nn.Module):
         if self.project is not None:
             x = self.project(x)  # padding stays padding: the streams zero it again
         x, t = _zero_padding(x, t, mask)
-        stream_x = self.events.assign(x, mask) if self.cfg.stream_input == "events" else x
-        z = self.streams(stream_x, t, mask, frames=x)
+        a = self.events.assign(x, mask) if self.cfg.stream_input != "features" else None
+        xs, xt = (a if self.assigned[s] else x for s in ("spatial", "temporal"))
+        rec = recurrence(x, t, mask) if self.cfg.recurrence else None
+        z = self.streams(xs, xt, t, mask, rec)
         if self.events is not None:
-            z = torch.cat([z, self.events(x, t, mask)], dim=-1)
+            z = torch.cat([z, self.events(x, t, mask, rec)], dim=-1)
         return z
 
-    def streams(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor, frames: torch.Tensor
-                ) -> torch.Tensor:
+    def streams(self, xs: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, mask: torch.Tensor,
+                rec: torch.Tensor | None) -> torch.Tensor:
+        """The streams' readouts: the spatial stream reads xs, the temporal xt (the frames or their
+        assignments, `stream_input`) and the frames' recurrence `rec`."""
         if self.fusion == "none":  # the event summary alone (an ablation)
-            return x.new_zeros(len(x), 0)
+            return xs.new_zeros(len(xs), 0)
         if self.fusion == "single":
             if self.spatial is not None:
-                return self.readout(*self.spatial(x, t, mask))
-            return self.readout(*self.temporal(x, t, mask, frames))
-        s, sm = self.spatial(x, t, mask)
-        u, um = self.temporal(x, t, mask, frames)
+                return self.readout(*self.spatial(xs, t, mask))
+            return self.readout(*self.temporal(xt, t, mask, rec))
+        s, sm = self.spatial(xs, t, mask)
+        u, um = self.temporal(xt, t, mask, rec)
         for to_u, to_s in self.cross:  # bidirectional: both directions read the previous layer
             s, u = to_u(s, sm, u, um), to_s(u, um, s, sm)
         cs, cu = self.readout(s, sm), self.readout(u, um)

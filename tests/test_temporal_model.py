@@ -61,6 +61,36 @@ def test_padding_does_not_change_the_output(model, streams, fusion, time_encodin
     torch.testing.assert_close(padded, alone, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("stream_input", ["features", "events", "mixed"])
+@pytest.mark.parametrize("streams", ["both", "temporal"])
+def test_padding_does_not_change_the_output_with_recurrence(streams, stream_input):
+    torch.manual_seed(0)
+    cfg = as_config(streams=streams, recurrence=True, stream_input=stream_input, events=5, **SMALL)
+    m = build_model(cfg, 16, 4).eval()
+    lengths = [7, 11, 1, 4]
+    x, t, mask = batch(lengths, width=14)
+    x[~mask] = float("nan")
+    t = t.masked_fill(~mask, 1e6)
+    alone = torch.cat([m(x[i:i + 1, :n], t[i:i + 1, :n], mask[i:i + 1, :n]) for i, n in enumerate(lengths)])
+    torch.testing.assert_close(m(x, t, mask), alone, atol=1e-5, rtol=1e-5)
+
+
+def test_comeback_marks_a_shot_that_returns_and_not_one_that_lasts():
+    """Shots a, b, a: a's frames come back (later for the first piece, earlier for the second);
+    one long shot a, alike to itself 8 frames on, does not."""
+    from temporal.model import recurrence
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 16, generator=g)
+    t, mask = torch.arange(9.0)[None], torch.ones(1, 9, dtype=torch.bool)
+    noise = 0.05 * torch.randn(1, 9, 16, generator=g)
+    later, earlier = recurrence(torch.stack([a] * 3 + [b] * 3 + [a] * 3)[None] + noise, t, mask)[0, :, -2:].T
+    assert (later[:3] > 0.8).all() and (earlier[6:] > 0.8).all()
+    assert later[3:].abs().max() < 0.1 and earlier[:6].abs().max() < 0.1
+    lasting = recurrence(torch.stack([a] * 9)[None] + noise, t, mask)[0, :, -2:]
+    assert lasting.abs().max() < 0.05
+
+
 def test_temporal_stream_sees_order_and_mean_pool_does_not():
     torch.manual_seed(0)
     x, t, mask = batch([12])
