@@ -68,11 +68,11 @@ class StanConfig:
     dropout: float = 0.1  # in the blocks and the heads
     time_encoding: str = "timestamp"  # timestamp (seconds) | index (frame position) | none
     time_bias: bool = False  # attention logits minus slope_h x |t_i - t_j| in seconds (ALiBi in time)
-    recurrence: bool = False  # self-similarity: each frame to frames near and far, and whether a shot returns
+    recurrence: bool = True  # self-similarity: each frame to frames near and far, and whether a shot returns
     pool: str = "mean"  # a stream's summary: its CLS token | the mean of its frame tokens | both
     events: int = 24  # K>0: an event summary (share, mean position, onsets of K learned prototypes); 0: off
     event_pairs: bool = True  # the event summary also reads, per pair of prototypes, which comes first
-    stream_input: str = "features"  # features | events (prototype assignments) | mixed (temporal: events)
+    stream_input: str = "mixed"  # features | events (prototype assignments) | mixed (temporal: events)
     pca_dims: int = 0  # >0: STAN reads the frames' leading principal components (whitened), 0: raw features
 
 
@@ -172,9 +172,8 @@ class Config:
             raise ConfigError(f"temporal option device={self.device!r}: choose auto, cpu, cuda or cuda:N")
         if s.streams == "none" and not s.events:
             raise ConfigError("stan.streams=none leaves the head nothing to read: set stan.events > 0")
-        if s.stream_input != "features" and not s.events:
-            raise ConfigError(f"stan.stream_input={s.stream_input} reads the event summary's prototypes: "
-                              "set events > 0")
+        if s.stream_input == "events" and not s.events:  # (mixed without a summary reads features)
+            raise ConfigError("stan.stream_input=events reads the event summary's prototypes: set events > 0")
         if s.width % s.attention_heads:
             raise ConfigError(f"stan.width ({s.width}) must be divisible by attention_heads "
                               f"({s.attention_heads})")
@@ -300,7 +299,7 @@ def migrate(d: dict[str, Any]) -> dict[str, Any]:
 
 
 # what a run saved before these options existed trained with (a flat save is one of those versions)
-BEFORE = {"loss.event_l1": 0.0, "loss.aux_loss": 0.0, "loss.branch_drop": 0.0}
+BEFORE = {"loss.event_l1": 0.0, "loss.aux_loss": 0.0, "loss.branch_drop": 0.0, "stan.recurrence": False}
 
 
 def saved_config(d: dict[str, Any]) -> Config:

@@ -1,15 +1,19 @@
 """STAN: a spatial and a temporal transformer stream over cached frame embeddings, an event
 summary beside them, fused; each of the three branches also has a head of its own, and the
 output that predicts (the fused head or one branch's) is chosen on val. That is the default
-(`streams: both`, `events: 24`, `aux_loss: 1`, `branch_drop: 0.5`; docs/ablations.md).
+(`streams: both`, `events: 24`, `stream_input: mixed`, `recurrence: true`, `aux_loss: 1`,
+`branch_drop: 0.5`; docs/ablations.md).
 
     x [B,T,D], t [B,T], mask [B,T]       (x → its pca_dims whitened principal components, if set)
       ├─ spatial : Linear(D→d)+LN per frame, +time(t), [CLS], L_s blocks          → S [B,1+T,d]
-      ├─ temporal: [x_i, x_i−x_{i−1}] → Conv1d(2D→d, k, stride k)+LN, +time(clip t),
-      │            [CLS], L_t blocks                                               → U [B,1+T/k,d]
-      └─ events  : soft assignments of frames to K prototypes → shares, positions,
-                   onsets, pair order → Linear                                     → E [B,d]
-    (stream_input events: the streams read the K assignments instead of x)
+      ├─ temporal: [a_i, a_i−a_{i−1}, rec_i] → Conv1d(→d, k, stride k)+LN,
+      │            +time(clip t), [CLS], L_t blocks                                → U [B,1+T/k,d]
+      └─ events  : soft assignments a of frames to K prototypes → shares, positions,
+                   onsets, pair order, highest and mean comeback → Linear          → E [B,d]
+    a    : the frames' K prototype assignments (stream_input mixed; features: x itself,
+           events: the spatial stream reads a too)
+    rec  : recurrence, each frame's self-similarity to frames near and far and how strongly it
+           comes back after a break (RepNet's temporal self-similarity, content-agnostic)
     fusion cross : L_f blocks, S attends to U and U attends to S; head([R(S), R(U), E])
            concat: head([R(S), R(U), E])      sum: head(R(S) + R(U), E)
            late  : (head_S([R(S), E]) + head_U([R(U), E])) / 2
@@ -159,38 +163,48 @@ class SpatialStream(nn.Module):
 RECURRENCE_EDGES = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, float("inf"))  # seconds, |t_j - t_i|
 
 
-def recurrence(x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def recurrence(x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor, rows: int | None = None) -> torch.Tensor:
     """[B, T, 4 x 7 + 2]: for each frame i and each bin of time offsets t_j - t_i (before and after,
     |offset| in (0,1], (1,2], ... (32, inf) seconds), the highest and the mean cosine similarity
     of frame i to the frames j there (0 where the bin is empty); then how strongly frame i comes
     back after a break, later and earlier (`comeback`). Content-agnostic, like the temporal
-    self-similarity matrix of RepNet: a shot that returns shows whatever the shot is."""
+    self-similarity matrix of RepNet: a shot that returns shows whatever the shot is.
+
+    Computed `rows` frames i at a time (default: ~4M similarities per step), so a full-length
+    video of thousands of frames never holds its T x T similarity matrix at once."""
+    B, T = mask.shape
     xn = F.normalize(x.float(), dim=-1)
-    sim = xn @ xn.transpose(1, 2)  # [B, T, T]
-    dt = t[:, None, :] - t[:, :, None]  # t_j - t_i
-    valid = mask[:, None, :] & mask[:, :, None]
-    out = []
-    for sign in (-1.0, 1.0):
-        for lo, hi in itertools.pairwise(RECURRENCE_EDGES):
-            inbin = valid & (sign * dt > lo) & (sign * dt <= hi)
-            n = inbin.sum(-1)
-            top = sim.masked_fill(~inbin, -2.0).amax(-1)
-            out += [torch.where(n > 0, top, 0.0), (sim * inbin).sum(-1) / n.clamp(min=1)]
-    out += [comeback(sim, valid), comeback(sim.flip(1, 2), valid.flip(1, 2)).flip(1)]
-    return torch.stack(out, dim=-1).to(x.dtype) * mask[..., None].to(x.dtype)
+    rows = rows or max(1, (1 << 22) // max(1, B * T))
+    j = torch.arange(T, device=x.device)
+    parts = []
+    for i0 in range(0, T, rows):
+        i = j[i0:i0 + rows]
+        sim = xn[:, i] @ xn.transpose(1, 2)  # [B, rows, T]
+        dt = t[:, None, :] - t[:, i, None]  # t_j - t_i
+        valid = mask[:, i, None] & mask[:, None, :]
+        out = []
+        for sign in (-1.0, 1.0):
+            for lo, hi in itertools.pairwise(RECURRENCE_EDGES):
+                inbin = valid & (sign * dt > lo) & (sign * dt <= hi)
+                n = inbin.sum(-1)
+                top = sim.masked_fill(~inbin, -2.0).amax(-1)
+                out += [torch.where(n > 0, top, 0.0), (sim * inbin).sum(-1) / n.clamp(min=1)]
+        later, earlier = valid & (j > i[:, None]), valid & (j < i[:, None])
+        out += [comeback(sim, later), comeback(sim.flip(-1), earlier.flip(-1))]  # earlier: j runs back
+        parts.append(torch.stack(out, dim=-1))
+    return torch.cat(parts, dim=1).to(x.dtype) * mask[..., None].to(x.dtype)
 
 
-def comeback(sim: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """[B, T]: max over later frames j of sim(i, j) − min over i < k ≤ j of sim(i, k).
+def comeback(sim: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """[B, N]: for each row i of sim [B, N, T], the max over frames j after i (in `after`, in the
+    order of the last axis) of sim(i, j) − min over k from i's next frame to j of sim(i, k).
 
     A frame like i after frames unlike it: near 0 inside one shot however long (its similarity
     only falls), close to the full drop when the shot comes back after others. The similarity
     at a lag cannot tell these apart (a 10-s shot is alike to itself 8 s on); this can, and on the
     time benchmark's repetition task it alone separates once from twice (AUC 0.997)."""
-    idx = torch.arange(sim.shape[-1], device=sim.device)
-    later = (idx[None, :] > idx[:, None]) & valid
-    lowest = torch.cummin(sim.masked_fill(~later, 2.0), dim=-1).values
-    return (sim - lowest).masked_fill(~later, 0.0).amax(-1)
+    lowest = torch.cummin(sim.masked_fill(~after, 2.0), dim=-1).values
+    return (sim - lowest).masked_fill(~after, 0.0).amax(-1)
 
 
 RECURRENCE_DIM = 4 * (len(RECURRENCE_EDGES) - 1) + 2
@@ -294,8 +308,9 @@ class EventSummary(nn.Module):
               ) -> torch.Tensor:
         """[B, 3K (+ K(K-1)/2) (+ 4)]: each prototype's share of the frames, mean position in [0, 1]
         and number of onsets; with pairs, for each j < k the chance that a frame of j precedes one
-        of k; with comeback, the highest and the mean `comeback` of the frames (later, earlier), read
-        from `rec`: whether any shot returns, whichever it is, which prototypes cannot say."""
+        of k; with comeback, the highest and the mean `comeback` of the frames (later, earlier), from
+        `rec` (their `recurrence`, computed here if not given): whether any shot returns,
+        whichever it is, which prototypes cannot say."""
         m = mask[..., None].to(x.dtype)
         a = self.assign(x, mask)  # [B, T, K], padding 0
         t = torch.where(mask, t, t[:, :1])
@@ -312,6 +327,7 @@ class EventSummary(nn.Module):
             j, k = self.upper
             out.append((before[:, j, k] + 0.5 * eps) / (n[:, j] * n[:, k] + eps))
         if self.comeback:
+            rec = recurrence(x, t, mask) if rec is None else rec
             back = rec[..., -2:]  # 0 on padding
             out += [back.amax(1), back.sum(1) / m.sum(1).clamp(min=1)]
         return torch.cat(out, dim=-1)
@@ -343,7 +359,8 @@ class STAN(nn.Module):
         # numbers instead of D: what a hundred videos can teach a transformer without memorising)
         # (mixed: the spatial stream the frames, for what is shown; the temporal stream the
         # assignments, for what happens when: the many-class content and repetition tasks each need one)
-        self.assigned = {"spatial": cfg.stream_input == "events", "temporal": cfg.stream_input != "features"}
+        self.assigned = {"spatial": cfg.stream_input == "events",
+                         "temporal": cfg.stream_input != "features" and cfg.events > 0}
         width = {s: cfg.events if a else in_dim for s, a in self.assigned.items()}
         self.spatial = SpatialStream(cfg, width["spatial"]) if use_s else None
         self.temporal = TemporalStream(cfg, width["temporal"]) if use_t else None
@@ -418,7 +435,7 @@ class STAN(nn.Module):
         if self.project is not None:
             x = self.project(x)  # padding stays padding: the streams zero it again
         x, t = _zero_padding(x, t, mask)
-        a = self.events.assign(x, mask) if self.cfg.stream_input != "features" else None
+        a = self.events.assign(x, mask) if any(self.assigned.values()) else None
         xs, xt = (a if self.assigned[s] else x for s in ("spatial", "temporal"))
         rec = recurrence(x, t, mask) if self.cfg.recurrence else None
         z = self.streams(xs, xt, t, mask, rec)

@@ -89,6 +89,8 @@ def test_comeback_marks_a_shot_that_returns_and_not_one_that_lasts():
     assert later[3:].abs().max() < 0.1 and earlier[:6].abs().max() < 0.1
     lasting = recurrence(torch.stack([a] * 9)[None] + noise, t, mask)[0, :, -2:]
     assert lasting.abs().max() < 0.05
+    x, t, mask = batch([13, 9])
+    torch.testing.assert_close(recurrence(x, t, mask, rows=4), recurrence(x, t, mask, rows=13))  # chunked
 
 
 def test_temporal_stream_sees_order_and_mean_pool_does_not():
@@ -116,12 +118,14 @@ def test_event_summary_says_how_much_where_and_how_often():
         m.events.log_scale.fill_(np.log(200.0))
     stats = m.events.stats(x, t, torch.ones_like(t, dtype=torch.bool))[0]
     share, where, onsets = stats[:9].view(3, 3)
-    before = stats[9:]  # pairs (a, b), (a, c), (b, c)
+    before = stats[9:12]  # pairs (a, b), (a, c), (b, c)
     torch.testing.assert_close(before, torch.tensor([20 / 81, (5 * 50 + 5 * 70) / (81 * 10), 1.0]),
                                atol=2e-3, rtol=0)
     torch.testing.assert_close(share, torch.tensor([81, 10, 10]) / 101, atol=1e-3, rtol=0)
     torch.testing.assert_close(where[1], torch.tensor(24.5 / 100), atol=3e-3, rtol=0)
     torch.testing.assert_close(onsets, torch.tensor([4.0, 1.0, 2.0]), atol=1e-2, rtol=0)
+    highest = stats[-4:-2]  # comeback (later, earlier): a and c return after frames unlike them
+    assert (highest > 0.9).all(), highest  # (1 minus the noise)
     reordered = build_model(as_config(events=3, event_pairs=True, **SMALL), 16, 2).eval()
     reordered.load_state_dict(m.state_dict())
     assert not torch.allclose(m(x, t, t > -1), reordered(x.flip(1), t, t > -1))  # same frames, other order
@@ -140,8 +144,8 @@ def test_the_pair_numbers_say_which_event_comes_first_and_flip_with_time():
     ev.fit(kinds)
     with torch.no_grad():
         ev.log_scale.fill_(np.log(200.0))
-        pairs = ev.stats(x, t, mask)[0, 9:]  # (a, b), (a, c), (b, c)
-        back = ev.stats(x.flip(1), t, mask)[0, 9:]
+        pairs = ev.stats(x, t, mask)[0, 9:12]  # (a, b), (a, c), (b, c)
+        back = ev.stats(x.flip(1), t, mask)[0, 9:12]
     assert pairs[2] > 0.99
     torch.testing.assert_close(back, 1 - pairs, atol=2e-2, rtol=0)
 

@@ -282,7 +282,7 @@ def test_a_run_interrupted_before_the_lasso_existed_resumes_without_it(tmp_path)
     from temporal.config import flat_name
     from temporal.train import check_resumable
 
-    then = temporal.as_config(TINY, event_l1=0.0, aux_loss=0.0, branch_drop=0.0)
+    then = temporal.as_config(TINY, event_l1=0.0, aux_loss=0.0, branch_drop=0.0, recurrence=False)
     new = ("loss.", "stan.time_bias", "stan.recurrence")  # options that version did not have yet
     saved = {flat_name(p): v for p, v in then.flat().items() if not p.startswith(new)}  # a flat save
     saved["dim"], saved["heads"] = saved.pop("width"), saved.pop("attention_heads")
