@@ -79,7 +79,9 @@ def test_the_event_summary_learns_order_and_count_where_the_probe_cannot(tmp_pat
     quiet = lambda *a, **k: None  # noqa: E731
     tiny = dict(dim=32, heads=4, depth_spatial=1, depth_temporal=1, depth_fusion=1, clip_len=1, frames=64,
                 batch_size=8, lr=3e-3, dropout=0.0, epochs=30, patience=0, events=12)
-    run = temporal.train(cache, labels[task], tmp_path / "stan", tiny, log=quiet)
+    # the summary alone: in 30 epochs on these 16-dim features the joint model's summary branch
+    # leaves chance on some seeds only (the default's figures are the benchmark's, docs/ablations.md)
+    run = temporal.train(cache, labels[task], tmp_path / "stan", tiny, streams="none", log=quiet)
     stan = temporal.evaluate(run, "test", log=quiet)["accuracy"]
     probe = temporal.baseline(cache, labels[task], tmp_path / "probe", tiny, mlp=False, log=quiet)
     chance = 1 / (6 if task == "order" else 3)
