@@ -26,7 +26,6 @@ times), so a padded video gives the same output as the same video alone.
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import torch
@@ -176,22 +175,25 @@ def recurrence(x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor, rows: int |
     xn = F.normalize(x.float(), dim=-1)
     rows = rows or max(1, (1 << 22) // max(1, B * T))
     j = torch.arange(T, device=x.device)
+    nb = len(RECURRENCE_EDGES) - 1
+    edges = torch.tensor(RECURRENCE_EDGES[1:-1], device=x.device, dtype=t.dtype)
     parts = []
     for i0 in range(0, T, rows):
         i = j[i0:i0 + rows]
         sim = xn[:, i] @ xn.transpose(1, 2)  # [B, rows, T]
         dt = t[:, None, :] - t[:, i, None]  # t_j - t_i
         valid = mask[:, i, None] & mask[:, None, :]
-        out = []
-        for sign in (-1.0, 1.0):
-            for lo, hi in itertools.pairwise(RECURRENCE_EDGES):
-                inbin = valid & (sign * dt > lo) & (sign * dt <= hi)
-                n = inbin.sum(-1)
-                top = sim.masked_fill(~inbin, -2.0).amax(-1)
-                out += [torch.where(n > 0, top, 0.0), (sim * inbin).sum(-1) / n.clamp(min=1)]
+        # each pair's bin: |offset| bin b before frame i is b, after it nb + b; the rest (i itself,
+        # the same timestamp, padding) falls in a bin of its own that is dropped
+        b = torch.bucketize(dt.abs(), edges) + nb * (dt > 0)
+        b = b.masked_fill(~valid | (dt == 0), 2 * nb)
+        top = sim.new_full((*b.shape[:2], 2 * nb + 1), -2.0).scatter_reduce(-1, b, sim, "amax")
+        n = sim.new_zeros(top.shape).scatter_add(-1, b, torch.ones_like(sim))
+        mean = sim.new_zeros(top.shape).scatter_add(-1, b, sim) / n.clamp(min=1)
+        binned = torch.stack([torch.where(n > 0, top, 0.0), mean], dim=-1)[..., :-1, :].flatten(-2)
         later, earlier = valid & (j > i[:, None]), valid & (j < i[:, None])
-        out += [comeback(sim, later), comeback(sim.flip(-1), earlier.flip(-1))]  # earlier: j runs back
-        parts.append(torch.stack(out, dim=-1))
+        back = [comeback(sim, later), comeback(sim.flip(-1), earlier.flip(-1))]  # earlier: j runs back
+        parts.append(torch.cat([binned, torch.stack(back, dim=-1)], dim=-1))
     return torch.cat(parts, dim=1).to(x.dtype) * mask[..., None].to(x.dtype)
 
 

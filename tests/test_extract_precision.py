@@ -114,6 +114,7 @@ def test_channels_last_equals_nchw(photo_frames):
     assert not vit.channels_last  # one conv (the patch embedding) does not make a model convolutional
 
 
+@pytest.mark.slow  # three extractions and a CLI run: ~5 s
 def test_precision_is_in_the_fingerprint_and_a_cache_never_mixes(tmp_path, make_video, one_thread):
     vids = tmp_path / "v"
     for k in range(2):
