@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+import numpy as np
+
 RUN_FORMAT = 1  # of config.json; a run of another format is refused by name, not misread
 
 
@@ -37,6 +39,6 @@ class RunMeta:
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
-    def label_units(self, scores):
+    def label_units(self, scores: np.ndarray) -> np.ndarray:
         """Scores in the label's unit: regression values un-standardised, probabilities as they are."""
         return scores if self.task != "regression" else scores * self.target_std + self.target_mean
