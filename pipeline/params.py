@@ -50,6 +50,12 @@ def training_inputs(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--labels", required=True, help="labels CSV (video_id,label,split)")
 
 
+def init_input(ap: argparse.ArgumentParser) -> None:
+    """--init, for the stages that train STAN after the pretrain stage."""
+    ap.add_argument("--init", default=None,
+                    help="the pretrain stage's run to start from (instead of temporal.init)")
+
+
 def parse(ap: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """The stage's arguments, with logging and progress set up from them."""
     args = ap.parse_args(argv)

@@ -95,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("pretrain", help="self-supervised pre-training on the unlabelled cache")
     p.add_argument("--cache", required=True, help="feature cache: a folder or an fsspec URL")
     p.add_argument("--out", type=Path, required=True, help="run directory to write (train --init reads it)")
-    p.add_argument("--holdout", type=Path, metavar="LABELS.csv",
-                   help="leave out the videos of this labels file's test split (labels are not read)")
+    p.add_argument("--holdout", type=Path, metavar="LABELS",
+                   help="leave out the test split's videos of this labels CSV, or of every CSV in this "
+                        "folder (labels are not read)")
     p.add_argument("--targets", type=int, default=64, help="principal components to reconstruct (default 64)")
     p.add_argument("--config", type=Path, help="YAML/JSON of options (flat or under `temporal:`)")
     _add_config_options(p, only=PRETRAIN_OPTIONS)
@@ -172,13 +173,10 @@ def main(argv: list[str] | None = None) -> int:
             train(args.cache, args.labels, args.out, cfg, resume=args.resume, overwrite=args.overwrite,
                   log=say)
         elif args.cmd == "pretrain":
-            from temporal.labels import read_labels
+            from temporal.labels import test_videos
             from temporal.pretrain import pretrain
 
-            held = set()
-            if args.holdout:
-                lab = read_labels(args.holdout)
-                held = {lab.ids[i] for i in lab.rows("test")}
+            held = test_videos(args.holdout) if args.holdout else set()
             pretrain(args.cache, args.out, cfg, exclude=held, targets=args.targets, log=say)
         else:
             from temporal.baseline import baseline

@@ -3,6 +3,7 @@
     RUN/checkpoint.safetensors
         model.<name>        the weights after the epoch
         best.<name>         the weights of the best val epoch so far (absent until there is one)
+        ema.<name>          the moving average of the weights (optim.ema > 0 only)
         opt.<i>.<name>      AdamW's per-parameter state (step, exp_avg, exp_avg_sq)
         rng.torch           torch's CPU generator (dropout); rng.cuda.<n> for each GPU
         metadata "state"    JSON: epoch, step, history, best, optimizer groups, numpy's generator, ...
@@ -26,9 +27,12 @@ CHECKPOINT = "checkpoint.safetensors"
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
-                    best_state: dict | None, rng: np.random.Generator, state: dict) -> None:
+                    best_state: dict | None, rng: np.random.Generator, state: dict,
+                    ema: torch.nn.Module | None = None) -> None:
     """Write everything the loop needs to go on after this epoch; `state` is its JSON part."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    if ema is not None:
+        tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
     if best_state is not None:
         tensors.update({f"best.{k}": v for k, v in best_state.items()})
     opt_state = opt.state_dict()
@@ -51,12 +55,15 @@ def checkpoint_state(path: Path) -> dict:
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
-                    rng: np.random.Generator) -> tuple[dict, dict | None]:
-    """Restore model, optimizer and generators from `path`; returns (JSON state, best weights or None)."""
+                    rng: np.random.Generator, ema: torch.nn.Module | None = None) -> tuple[dict, dict | None]:
+    """Restore model, optimizer, generators (and `ema`) from `path`; returns (JSON state, best
+    weights or None)."""
     state = checkpoint_state(path)
     tensors = load_file(str(path))
     part = lambda prefix: {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}  # noqa: E731
     model.load_state_dict(part("model."))
+    if ema is not None:
+        ema.load_state_dict(part("ema."))
     opt_state: dict = {}
     for k, v in part("opt.").items():
         i, name = k.split(".", 1)

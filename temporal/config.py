@@ -46,6 +46,7 @@ CHOICES = {
     "stan.stream_input": ("features", "events", "mixed"),
     "labels.task": ("auto", "single", "multi", "regression"),
     "data.sampling": ("uniform", "window"),
+    "data.fit_on": ("train", "all"),
     "eval.mode": ("views", "full"),
 }
 
@@ -95,6 +96,8 @@ class DataConfig:
     sampling: str = "uniform"  # uniform (one frame per equal segment, jittered) | window (contiguous)
     aug_noise: float = 0.0  # training: Gaussian noise on the features, in units of each feature's std
     aug_drop: float = 0.0  # training: probability of masking out each sampled frame
+    # the event prototypes and the PCA map are fitted on frames before training, no label read
+    fit_on: str = "train"  # whose frames fit them: train (the labelled subset) | all (every video but test)
     # features held in memory: auto (half the memory available at start) or a size (2GB, 512MiB, bytes);
     # a cache larger than that is read from its shards as batches need it (the results do not change)
     memory_budget: str = "auto"  # auto | a size such as 2GB (larger caches are read lazily)
@@ -123,6 +126,7 @@ class OptimConfig:
     weight_decay: float = 0.05  # on weight matrices only
     warmup: float = 1.0  # epochs of linear warm-up, then cosine decay to lr / 10
     grad_clip: float = 1.0  # max gradient norm; 0 disables
+    ema: float = 0.0  # >0: val judges, and the run keeps, a moving average of the weights (decay per step)
     seed: int = 0  # initialisation, sampling, batches and the train_fraction subset
 
 
@@ -177,7 +181,7 @@ class Config:
         if s.width % s.attention_heads:
             raise ConfigError(f"stan.width ({s.width}) must be divisible by attention_heads "
                               f"({s.attention_heads})")
-        for path in ("loss.branch_drop", "data.aug_drop", "stan.dropout", "meanpool.dropout"):
+        for path in ("loss.branch_drop", "data.aug_drop", "stan.dropout", "meanpool.dropout", "optim.ema"):
             if not 0.0 <= self.get(path) < 1.0:
                 raise ConfigError(f"temporal option {path} must be in [0, 1), got {self.get(path)}")
         if self.data.aug_noise < 0:
@@ -250,7 +254,10 @@ def section_paths(*sections: str) -> list[str]:
 
 
 # the parts each command reads beside `train`, which reads them all (their --help shows just these)
-PRETRAIN_OPTIONS = tuple(section_paths("stan", "data", "optim", "device"))
+# what pre-training reads: STAN's shape, the sampling and the optimiser (not which videos fit the
+# prototypes, it fits them on all it is given, nor the weight average, which only train keeps)
+PRETRAIN_OPTIONS = tuple(p for p in section_paths("stan", "data", "optim", "device")
+                         if p not in ("data.fit_on", "optim.ema"))
 BASELINE_OPTIONS = tuple(section_paths("meanpool", "data", "labels", "eval", "optim", "device"))
 
 FLAT = {flat_name(p): p for p in paths()}

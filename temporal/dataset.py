@@ -24,6 +24,12 @@ class Data:
     fingerprint: dict
     provenance: dict = field(default_factory=dict)  # how the cache was made (weights source, versions)
 
+    def unlabelled(self) -> list[int]:
+        """Every row outside the test split, whatever train_fraction left out: frames whose
+        labels are never read may come from them."""
+        held = set(self.test)
+        return [i for i in range(len(self.labels)) if i not in held]
+
 
 def load_data(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, cfg: Config,
               task: str | None = None, classes: list[str] | None = None, log=print,

@@ -168,6 +168,20 @@ def read_labels(path: str | os.PathLike, task: str = "auto") -> Labels:
     return Labels(task, classes, ids, splits, targets, notes)
 
 
+def test_videos(path: str | os.PathLike) -> set[str]:
+    """The test-split videos of a labels CSV, or of every CSV in a folder: what pre-training leaves
+    out so that no test video is seen, even unlabelled, before it is scored."""
+    path = Path(path)
+    files = sorted(path.glob("*.csv")) if path.is_dir() else [path]
+    if not files:
+        raise LabelError(f"{path}: no labels CSV in this folder")
+    held: set[str] = set()
+    for f in files:
+        lab = read_labels(f)
+        held.update(lab.ids[i] for i in lab.rows("test"))
+    return held
+
+
 def match_cache(labels: Labels, cache, skip_missing: bool = False) -> tuple[Labels, list[str]]:
     """Keep the labelled videos the cache can serve; returns (labels, notes to print).
 

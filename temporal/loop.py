@@ -129,6 +129,19 @@ def optimizer_step(opt: torch.optim.Optimizer, params: torch.nn.Module, loss: to
     opt.step()
 
 
+@torch.no_grad()
+def average_weights(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step: int) -> None:
+    """Move `ema`'s weights towards `model`'s after optimiser step `step` (from 0). The decay is
+    warmed up, min(decay, (1 + step) / (10 + step)), so the first steps do not drag the init along;
+    integer buffers (the selected output) are copied."""
+    d = min(decay, (1 + step) / (10 + step))
+    for a, p in zip(ema.state_dict().values(), model.state_dict().values(), strict=True):
+        if a.dtype.is_floating_point:
+            a.lerp_(p, 1.0 - d)
+        else:
+            a.copy_(p)
+
+
 def make_optimizer(module: torch.nn.Module, optim: OptimConfig, device: torch.device) -> torch.optim.AdamW:
     """AdamW over `module` (weight decay on weight matrices only), with fused kernels on CUDA."""
     return torch.optim.AdamW(param_groups(module, optim.weight_decay), lr=optim.lr, betas=(0.9, 0.95),

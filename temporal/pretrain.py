@@ -7,7 +7,8 @@ hold *what happens when* in the whole video, which is what order, count and posi
 about, and no label is needed. Fine-tuning (`train` with `init=RUN`) starts from these weights.
 
 A pre-training run directory holds config.json (kind "pretrain"), model.safetensors (STAN without
-its head) and history.csv.
+its head) and history.csv. A run of 0 epochs holds config.json alone: `init` from it is the random
+init, which lets a pipeline keep its pretrain stage in place and switch it off.
 """
 
 from __future__ import annotations
@@ -61,13 +62,19 @@ class Decoder(nn.Module):
 
 def pretrain(cache_dir: str | os.PathLike, out_dir: str | os.PathLike, config: Config | dict | None = None,
              exclude: set[str] | frozenset[str] = frozenset(), targets: int = 64, log=print,
-             **overrides) -> Path:
+             epochs: int | None = None, **overrides) -> Path:
     """Pre-train STAN's streams on every video of the cache not in `exclude` (no labels read).
 
-    Uses the architecture and optimisation options of `config` (epochs, lr, batch_size, frames,
-    augmentation, seed); writes the run to `out_dir` and returns it.
+    Uses the architecture and optimisation options of `config` (lr, batch_size, frames,
+    augmentation, seed) for `epochs` (default: its optim.epochs; 0 writes the random-init run);
+    writes the run to `out_dir` and returns it.
     """
     cfg = as_config(config, **overrides)
+    epochs = cfg.optim.epochs if epochs is None else epochs
+    if epochs < 0:
+        raise ConfigError(f"pre-training epochs must be >= 0, got {epochs}")
+    if epochs:
+        cfg = cfg.replace(epochs=epochs)  # the schedule's length
     if cfg.model != "stan" or cfg.stan.streams == "none":
         raise ConfigError("pre-training trains STAN's streams: model must be 'stan' and streams not 'none' "
                           "(e.g. --streams both)")
@@ -80,6 +87,11 @@ def pretrain(cache_dir: str | os.PathLike, out_dir: str | os.PathLike, config: C
     ids = [v for v in cache.video_ids if v not in exclude and cache.num_frames(v) > 0]
     if not ids:
         raise RunError(f"{cache_dir}: no video left to pre-train on")
+    if epochs == 0:
+        write_json(out / "config.json", run_json(cache_dir, cache, cfg, len(ids), 0))
+        (out / "model.safetensors").unlink(missing_ok=True)
+        log(f"pre-training off (0 epochs): {out} says train from a random init")
+        return out
     videos = open_videos(cache, ids, cfg, log)
     mean, proj = (torch.from_numpy(a) for a in
                   principal_components(videos, range(len(ids)), max(targets, cfg.stan.pca_dims), rng))
@@ -97,7 +109,7 @@ def pretrain(cache_dir: str | os.PathLike, out_dir: str | os.PathLike, config: C
         f"{proj_t.shape[1]} target dims, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params "
         f"on {device}")
     history, step, t0 = [], 0, time.time()
-    bar = progress(range(1, cfg.optim.epochs + 1), desc="pretrain", unit="ep")
+    bar = progress(range(1, epochs + 1), desc="pretrain", unit="ep")
     for epoch in bar:
         params.train()
         loss_sum, seen = 0.0, 0
@@ -117,14 +129,19 @@ def pretrain(cache_dir: str | os.PathLike, out_dir: str | os.PathLike, config: C
     bar.close()
     save_file(cpu_weights(model, skip=PER_TASK), str(out / "model.safetensors"))
     write_json(out / "config.json", {
-        "format": RUN_FORMAT, "kind": "pretrain", "in_dim": videos.dim, "videos": len(ids),
-        "targets": int(proj_t.shape[1]), "fingerprint": cache.fingerprint, "cache": str(cache_dir),
-        "config": cfg.to_dict(), "final_loss": history[-1]["loss"],
-        "train_seconds": round(time.time() - t0, 2)})
+        **run_json(cache_dir, cache, cfg, len(ids), epochs), "targets": int(proj_t.shape[1]),
+        "final_loss": history[-1]["loss"], "train_seconds": round(time.time() - t0, 2)})
     log(f"pre-trained {len(history)} epochs on {len(ids)} videos: reconstruction loss "
         f"{history[0]['loss']:.4f} -> {history[-1]['loss']:.4f} (1.0 = predicting the mean), "
         f"{time.time() - t0:.1f} s -> {out}")
     return out
+
+
+def run_json(cache_dir, cache, cfg: Config, videos: int, epochs: int) -> dict:
+    """What every pre-training run's config.json records."""
+    return {"format": RUN_FORMAT, "kind": "pretrain", "in_dim": int(cache.dim), "videos": videos,
+            "epochs": epochs, "fingerprint": cache.fingerprint, "cache": str(cache_dir),
+            "config": cfg.to_dict()}
 
 
 def _masked_mean(err: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -144,6 +161,8 @@ def load_pretrained(model: nn.Module, run_dir: str | os.PathLike, cfg: Config, i
         raise ConfigError(f"init {run} was pre-trained with another architecture: " + ", ".join(differ))
     if meta["in_dim"] != in_dim or (fingerprint is not None and meta["fingerprint"] != fingerprint):
         raise RunError(f"init {run} was pre-trained on features of another backbone or preprocessing")
+    if meta.get("epochs") == 0:
+        return f"random init ({run} is pre-training switched off: 0 epochs)"
     state = load_file(str(run / "model.safetensors"))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(not k.startswith(PER_TASK) for k in missing):

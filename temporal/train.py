@@ -26,6 +26,7 @@ from temporal.loop import (
     Schedule,
     augment,
     autocast,
+    average_weights,
     cpu_weights,
     epoch_batches,
     feature_std,
@@ -90,7 +91,7 @@ def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: 
     y_all = targets_tensor(data, range(len(data.labels)), meta.target_mean, meta.target_std)
 
     model = build_model(cfg, meta.in_dim, meta.out_dim)
-    fit_without_labels(model, data.videos, data.train, cfg)
+    fit_without_labels(model, data.videos, data.unlabelled() if cfg.data.fit_on == "all" else data.train, cfg)
     if cfg.init:  # pre-trained weights, their input projection included
         log(f"note: {load_pretrained(model, cfg.init, cfg, meta.in_dim, data.fingerprint)}")
     model = model.to(device)
@@ -98,6 +99,8 @@ def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: 
     if cfg.data.aug_noise > 0:
         std = torch.from_numpy(feature_std(data.videos, np.random.default_rng(cfg.optim.seed))).to(device)
     opt = make_optimizer(model, cfg.optim, device)
+    ema = copy.deepcopy(model).requires_grad_(False) if cfg.optim.ema else None
+    judged = model if ema is None else ema  # the weights val scores and the run keeps
     n_params = sum(p.numel() for p in model.parameters())
     schedule = Schedule.of(cfg.optim, len(data.train))
     kind = f"{task}-label task | {len(classes)} classes" if classes else "regression task"
@@ -116,7 +119,7 @@ def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: 
     step, done, seconds = 0, 0, 0.0
     if resuming:
         check_resumable(out, checkpoint_state(out / CHECKPOINT), cfg, data.fingerprint)
-        state, best_state = load_checkpoint(out / CHECKPOINT, model, opt, rng)
+        state, best_state = load_checkpoint(out / CHECKPOINT, model, opt, rng, ema)
         history, best, best_epoch, stopped_early = (state[k] for k in ("history", "best", "best_epoch",
                                                                         "stopped_early"))
         step, done, seconds = state["step"], state["epoch"], state["seconds"]
@@ -125,10 +128,11 @@ def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: 
     epochs = range(done + 1, 1 if stopped_early else cfg.optim.epochs + 1)
     bar = progress(epochs, desc="epochs", unit="ep", initial=done, total=cfg.optim.epochs)
     for epoch in bar:
-        train_loss, step, lr = train_epoch(model, opt, data, y_all, cfg, schedule, step, std, rng, device)
+        train_loss, step, lr = train_epoch(model, opt, data, y_all, cfg, schedule, step, std, rng, device,
+                                           ema)
         row = {"epoch": epoch, "train_loss": train_loss}
         if use_val:
-            val = select_output(model, score_outputs(model, data, data.val, cfg, meta, device), monitor)
+            val = select_output(judged, score_outputs(judged, data, data.val, cfg, meta, device), monitor)
             row.update({f"val_{k}": v for k, v in val.items() if k != "videos"})
         row.update({"lr": lr, "seconds": round(time.time() - t0, 3)})
         history.append(row)
@@ -136,7 +140,7 @@ def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: 
         current = row.get(f"val_{monitor}") if use_val else -epoch  # without val: the latest wins
         if better(monitor if use_val else "loss", current, best):
             best, best_epoch = current, epoch
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = copy.deepcopy(judged.state_dict())
         post = {f"val_{monitor}": _fmt(current)} if use_val else {}
         bar.set_postfix(loss=_fmt(row["train_loss"]), **post)
         stopped_early = bool(use_val and cfg.eval.patience and epoch - best_epoch >= cfg.eval.patience
@@ -144,7 +148,7 @@ def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: 
         save_checkpoint(out / CHECKPOINT, model, opt, best_state, rng, {
             "epoch": epoch, "step": step, "history": history, "best": best, "best_epoch": best_epoch,
             "stopped_early": stopped_early, "seconds": time.time() - t0, "config": cfg.to_dict(),
-            "fingerprint": data.fingerprint})
+            "fingerprint": data.fingerprint}, ema=ema)
         if stopped_early:
             break
     bar.close()
@@ -195,10 +199,11 @@ def run_meta(data: Data, cfg: Config, paths: dict) -> RunMeta:
 
 def train_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, data: Data, y_all: torch.Tensor,
                 cfg: Config, schedule: Schedule, step: int, std: torch.Tensor | None,
-                rng: np.random.Generator, device: torch.device) -> tuple[float, int, float]:
+                rng: np.random.Generator, device: torch.device,
+                ema: torch.nn.Module | None = None) -> tuple[float, int, float]:
     """One pass over the train split: (mean task loss, steps taken so far, the last learning rate).
     Each branch head's loss is added with weight aux_loss (averaged over branches), and the
-    summary's group lasso."""
+    summary's group lasso; `ema` follows the weights after every step."""
     model.train()
     task, loss_sum, seen, lr = data.labels.task, 0.0, 0, schedule(step)
     for rows, x, t, m in epoch_batches(data.videos, data.train, cfg, rng, device):
@@ -210,6 +215,8 @@ def train_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, data: Data, 
         loss = loss_fn(task, logits, y)
         extra = sum(loss_fn(task, a, y) for a in aux) * (cfg.loss.aux_loss / max(1, len(aux)))
         optimizer_step(opt, model, loss + extra + sparsity(model, cfg), lr, cfg.optim.grad_clip)
+        if ema is not None:
+            average_weights(ema, model, cfg.optim.ema, step)
         loss_sum += loss.item() * len(rows)
         seen += len(rows)
         step += 1

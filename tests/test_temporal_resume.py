@@ -21,8 +21,9 @@ from tests.testing import REPO
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-# dropout and both augmentations on: every source of randomness must be restored on resume
-NOISY = {**TINY, "dropout": 0.1, "aug_noise": 0.1, "aug_drop": 0.1}
+# dropout, both augmentations and the weight average on: every source of randomness and every
+# running state must be restored on resume
+NOISY = {**TINY, "dropout": 0.1, "aug_noise": 0.1, "aug_drop": 0.1, "ema": 0.9}
 train_module = sys.modules["temporal.train"]  # `temporal.train` the attribute is the function
 
 
@@ -46,8 +47,8 @@ def interrupt_after(monkeypatch, epoch: int) -> None:
     """Make training stop dead right after the checkpoint of `epoch` is written."""
     save = train_module.save_checkpoint
 
-    def save_then_stop(path, *args):
-        save(path, *args)
+    def save_then_stop(path, *args, **kw):
+        save(path, *args, **kw)
         if args[-1]["epoch"] == epoch:
             raise Killed
 

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 import storage
 import temporal
@@ -230,6 +231,32 @@ def test_pretraining_reconstructs_the_timeline_and_fine_tuning_starts_from_it(tm
                        log=quiet)
 
 
+def test_the_pretrain_stage_switched_off_trains_exactly_like_a_random_init(tmp_path):
+    """pretrain.epochs 0 (the pipeline's default): the stage writes a weightless run in place, and
+    train from it ends with the very weights of a run without init; the holdout is every labels
+    file's test split."""
+    from safetensors.torch import load_file
+
+    from pipeline.stages import pretrain as stage
+    from temporal.labels import read_labels
+
+    cache, labels = class_task(tmp_path, videos=12, classes=2)
+    (tmp_path / "params.yaml").write_text(json.dumps({"temporal": TINY, "pretrain": {"epochs": 0}}))
+    out = tmp_path / "pre"
+    assert stage.main(["--params", str(tmp_path / "params.yaml"), "--cache", str(cache), "--holdout",
+                       str(labels.parent), "--out", str(out), "--no-progress"]) == 0
+    meta = json.loads((out / "config.json").read_text())
+    lab = read_labels(labels)
+    assert meta["epochs"] == 0 and not (out / "model.safetensors").exists()
+    assert meta["videos"] == len(lab.ids) - len(lab.rows("test"))
+    plain = temporal.train(cache, labels, tmp_path / "plain", TINY, epochs=2, log=quiet)
+    lines = []
+    inited = temporal.train(cache, labels, tmp_path / "init", TINY, epochs=2, init=str(out), log=lines.append)
+    assert any("random init" in s for s in lines)
+    a, b = load_file(str(plain / "model.safetensors")), load_file(str(inited / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_full_length_evaluation_warns_when_training_saw_fewer_frames(tmp_path):
     cache, labels = class_task(tmp_path, videos=12, classes=2, frames=30)
     lines = []
@@ -321,3 +348,20 @@ def test_minirocket_leaves_torchs_thread_count_as_it_found_it(tmp_path):
     torch.set_num_threads(1)
     temporal.baseline(cache, labels, tmp_path / "probe", TINY, mlp=False, probes=("minirocket",), log=quiet)
     assert torch.get_num_threads() == 1
+
+
+def test_the_weight_average_follows_the_weights_with_a_warmed_up_decay():
+    from temporal.loop import average_weights
+
+    model = temporal.build_model(temporal.as_config(TINY, frames=8, events=4), 16, 3)
+    ema = temporal.build_model(temporal.as_config(TINY, frames=8, events=4), 16, 3)
+    a, m = dict(ema.named_parameters()), dict(model.named_parameters())
+    name = next(iter(a))
+    start = a[name].detach().clone()
+    model.selected.fill_(1)
+    average_weights(ema, model, 0.99, step=0)  # the first step: decay min(0.99, 1/10)
+    assert torch.allclose(a[name], 0.1 * start + 0.9 * m[name])
+    assert int(ema.selected) == 1  # integer buffers are copied, not averaged
+    before = a[name].detach().clone()
+    average_weights(ema, model, 0.99, step=10**6)  # late: the decay itself
+    assert torch.allclose(a[name], 0.99 * before + 0.01 * m[name])

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import temporal
-from pipeline.params import load_params, parse, stage_parser, training_inputs
+from pipeline.params import init_input, load_params, parse, stage_parser, training_inputs
 from pipeline.threads import one_thread
 from temporal.config import paths
 
@@ -20,6 +20,7 @@ PARAMS.append("efficiency")
 def main(argv: list[str] | None = None) -> int:
     ap = stage_parser("efficiency", __doc__)
     training_inputs(ap)
+    init_input(ap)
     ap.add_argument("--out", type=Path, required=True,
                     help="folder of the runs, one per fraction and model")
     ap.add_argument("--plot", type=Path, required=True,
@@ -30,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     one_thread()
     params = load_params(a.params)
     cfg = temporal.Config.from_dict(params.get("temporal") or {})
+    if a.init is not None:
+        cfg = cfg.replace(init=a.init)
     fractions = sorted(float(f) for f in (params.get("efficiency") or {}).get("train_fractions", [1.0]))
     rows = []
     for frac in fractions:
