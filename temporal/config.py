@@ -44,6 +44,7 @@ CHOICES = {
     "stan.time_encoding": ("timestamp", "index", "none"),
     "stan.pool": ("cls", "mean", "both"),
     "stan.stream_input": ("features", "events", "mixed"),
+    "stan.prototypes": ("learned", "fitted"),
     "labels.task": ("auto", "single", "multi", "regression"),
     "data.sampling": ("uniform", "window"),
     "data.fit_on": ("train", "all"),
@@ -73,6 +74,7 @@ class StanConfig:
     pool: str = "mean"  # a stream's summary: its CLS token | the mean of its frame tokens | both
     events: int = 24  # K>0: an event summary (share, mean position, onsets of K learned prototypes); 0: off
     event_pairs: bool = True  # the event summary also reads, per pair of prototypes, which comes first
+    prototypes: str = "learned"  # the summary's: learned (from their k-means start) | fitted (k-means, kept)
     stream_input: str = "mixed"  # features | events (prototype assignments) | mixed (temporal: events)
     pca_dims: int = 0  # >0: STAN reads the frames' leading principal components (whitened), 0: raw features
 

@@ -72,7 +72,8 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 def fit_without_labels(model: torch.nn.Module, videos: AnyVideos, rows, cfg: Config,
                        pca: tuple[np.ndarray, np.ndarray] | None = None) -> None:
     """Fit what STAN takes from the frames alone before training, on videos `rows` (no label read):
-    the PCA input map (`pca_dims`, or `pca` when already computed) and the event prototypes."""
+    the PCA input map (`pca_dims`, or `pca` when already computed) and the event prototypes (kept
+    as fitted, untrained, with `prototypes: fitted`)."""
     project, events = getattr(model, "project", None), getattr(model, "events", None)
     rng = np.random.default_rng(cfg.optim.seed)
     if project is not None:
@@ -83,6 +84,7 @@ def fit_without_labels(model: torch.nn.Module, videos: AnyVideos, rows, cfg: Con
         if project is not None:
             X = (X - pca[0]) @ pca[1][:, : cfg.stan.pca_dims]
         events.fit(torch.from_numpy(prototypes(X, cfg.stan.events, cfg.optim.seed)))
+        events.protos.requires_grad_(cfg.stan.prototypes == "learned")  # fitted: the optimiser skips them
 
 
 def train_batch(videos: AnyVideos, rows, data: DataConfig, rng: np.random.Generator, device: torch.device):

@@ -4,7 +4,10 @@ A video goes through STAN up to its representation z (what the classification he
 decoder then has to say, from z and a time t alone, what the frame at t looked like: its features
 projected on the cache's leading principal components (whitened). To answer for every t, z must
 hold *what happens when* in the whole video, which is what order, count and position labels ask
-about, and no label is needed. Fine-tuning (`train` with `init=RUN`) starts from these weights.
+about, and no label is needed. Fine-tuning (`train` with `init=RUN`) starts from these weights,
+all but the heads and the event summary, which it fits anew (so with `stream_input: mixed` the
+pre-trained temporal stream reads assignments to prototypes other than those it was trained on; that
+is the variant measured).
 
 A pre-training run directory holds config.json (kind "pretrain"), model.safetensors (STAN without
 its head) and history.csv. A run of 0 epochs holds config.json alone: `init` from it is the random
@@ -44,7 +47,10 @@ from temporal.meta import RUN_FORMAT
 from temporal.model import build_model, sinusoid
 from temporal.run import RunError, read_run_json, write_history
 
-PER_TASK = ("heads.", "branch_heads.", "selected")  # what fine-tuning learns anew: never pre-trained
+# what fine-tuning learns anew, never handed over: the heads, and the event summary (fitted again on
+# the labelled videos; the summary's projection trained to reconstruct frames made count fall from
+# 0.96 to 0.35 at 25 % of the labels, docs/ablations.md)
+PER_TASK = ("heads.", "branch_heads.", "selected", "events.")
 
 class Decoder(nn.Module):
     """(z [B, E], t [B, T] seconds) -> the frames' target features [B, T, P]."""
@@ -163,7 +169,8 @@ def load_pretrained(model: nn.Module, run_dir: str | os.PathLike, cfg: Config, i
         raise RunError(f"init {run} was pre-trained on features of another backbone or preprocessing")
     if meta.get("epochs") == 0:
         return f"random init ({run} is pre-training switched off: 0 epochs)"
-    state = load_file(str(run / "model.safetensors"))
+    state = {k: v for k, v in load_file(str(run / "model.safetensors")).items()
+             if not k.startswith(PER_TASK)}  # runs of older versions hold the summary too
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(not k.startswith(PER_TASK) for k in missing):
         raise RunError(f"init {run}: weights do not fit the model ({missing[:3]}, {unexpected[:3]})")

@@ -365,3 +365,20 @@ def test_the_weight_average_follows_the_weights_with_a_warmed_up_decay():
     before = a[name].detach().clone()
     average_weights(ema, model, 0.99, step=10**6)  # late: the decay itself
     assert torch.allclose(a[name], 0.99 * before + 0.01 * m[name])
+
+
+@pytest.mark.parametrize("prototypes", ["learned", "fitted"])
+def test_fitted_prototypes_stay_the_k_means_centres(tmp_path, prototypes):
+    from safetensors.torch import load_file
+
+    from temporal.dataset import load_data
+    from temporal.loop import fit_without_labels
+
+    cache, labels = order_task(tmp_path, pairs=12, frames=16, dim=16)
+    cfg = temporal.as_config({**TINY, "events": 4, "frames": 16, "prototypes": prototypes})
+    run = temporal.train(cache, labels, tmp_path / "run", cfg, epochs=2, log=quiet)
+    trained = load_file(str(run / "model.safetensors"))["events.protos"]
+    data = load_data(cache, labels, cfg, log=quiet)
+    model = temporal.build_model(cfg, 16, 2)
+    fit_without_labels(model, data.videos, data.train, cfg)  # what training started from
+    assert torch.equal(trained, model.events.protos.detach()) == (prototypes == "fitted")
