@@ -24,9 +24,9 @@ class Data:
     fingerprint: dict
     provenance: dict = field(default_factory=dict)  # how the cache was made (weights source, versions)
 
-    def unlabelled(self) -> list[int]:
-        """Every row outside the test split, whatever train_fraction left out: frames whose
-        labels are never read may come from them."""
+    def outside_test(self) -> list[int]:
+        """Every row outside the test split, whatever train_fraction left out (labelled or not, their
+        labels are never read): the videos whose frames fit the prototypes with fit_on all."""
         held = set(self.test)
         return [i for i in range(len(self.labels)) if i not in held]
 

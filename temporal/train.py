@@ -91,7 +91,8 @@ def train(cache_dir: str | os.PathLike, labels_csv: str | os.PathLike, out_dir: 
     y_all = targets_tensor(data, range(len(data.labels)), meta.target_mean, meta.target_std)
 
     model = build_model(cfg, meta.in_dim, meta.out_dim)
-    fit_without_labels(model, data.videos, data.unlabelled() if cfg.data.fit_on == "all" else data.train, cfg)
+    fit_rows = data.outside_test() if cfg.data.fit_on == "all" else data.train
+    fit_without_labels(model, data.videos, fit_rows, cfg)
     if cfg.init:  # pre-trained weights, their input projection included
         log(f"note: {load_pretrained(model, cfg.init, cfg, meta.in_dim, data.fingerprint)}")
     model = model.to(device)
