@@ -45,6 +45,7 @@ CHOICES = {
     "stan.pool": ("cls", "mean", "both"),
     "stan.stream_input": ("features", "events", "mixed"),
     "stan.prototypes": ("learned", "fitted"),
+    "loss.lasso": ("proximal", "penalty"),
     "labels.task": ("auto", "single", "multi", "regression"),
     "data.sampling": ("uniform", "window"),
     "data.fit_on": ("train", "all"),
@@ -72,9 +73,9 @@ class StanConfig:
     time_bias: bool = False  # attention logits minus slope_h x |t_i - t_j| in seconds (ALiBi in time)
     recurrence: bool = True  # self-similarity: each frame to frames near and far, and whether a shot returns
     pool: str = "mean"  # a stream's summary: its CLS token | the mean of its frame tokens | both
-    events: int = 24  # K>0: an event summary (share, mean position, onsets of K learned prototypes); 0: off
+    events: int = 24  # K>0: an event summary (share, mean position, onsets of K prototypes); 0: off
     event_pairs: bool = True  # the event summary also reads, per pair of prototypes, which comes first
-    prototypes: str = "learned"  # the summary's: learned (from their k-means start) | fitted (k-means, kept)
+    prototypes: str = "fitted"  # the summary's: learned (from their k-means start) | fitted (k-means, kept)
     stream_input: str = "mixed"  # features | events (prototype assignments) | mixed (temporal: events)
     pca_dims: int = 0  # >0: STAN reads the frames' leading principal components (whitened), 0: raw features
 
@@ -87,7 +88,10 @@ class MeanPoolConfig:
 
 @dataclass
 class LossConfig:
-    event_l1: float = 0.3  # group-lasso weight on the event summary's numbers (events > 0): >0 keeps few
+    event_l1: float = 3.0  # group-lasso weight on the event summary's numbers (events > 0): >0 keeps few
+    # proximal: after each step every number's weights shrink by lr x event_l1 in norm (to 0 below it),
+    # outside AdamW and grad_clip | penalty: a loss term, its gradient through both (docs/ablations.md)
+    lasso: str = "proximal"  # how event_l1 acts: proximal | penalty
     aux_loss: float = 1.0  # >0: each branch (stream, summary) also has a head and a loss, of this weight
     branch_drop: float = 0.5  # training: probability of zeroing each branch before the head (never all)
 
@@ -308,7 +312,8 @@ def migrate(d: dict[str, Any]) -> dict[str, Any]:
 
 
 # what a run saved before these options existed trained with (a flat save is one of those versions)
-BEFORE = {"loss.event_l1": 0.0, "loss.aux_loss": 0.0, "loss.branch_drop": 0.0, "stan.recurrence": False}
+BEFORE = {"loss.event_l1": 0.0, "loss.lasso": "penalty", "loss.aux_loss": 0.0, "loss.branch_drop": 0.0,
+          "stan.recurrence": False}
 
 
 def saved_config(d: dict[str, Any]) -> Config:
@@ -317,6 +322,8 @@ def saved_config(d: dict[str, Any]) -> Config:
     versions trained with (`BEFORE`), not today's defaults."""
     if not any(isinstance(v, dict) for v in d.values()):
         d = {**BEFORE, **migrate(d)}
+    elif "lasso" not in d.get("loss", {}):  # saved before the proximal step: the lasso was a loss term
+        d = {**d, "loss": {**d.get("loss", {}), "lasso": "penalty"}}
     return Config.from_dict(d)
 
 

@@ -277,14 +277,15 @@ class InputProjection(nn.Module):
 
 
 class EventSummary(nn.Module):
-    """What kinds of shot occur, when and how often. Each frame is softly assigned to K learned
+    """What kinds of shot occur, when and how often. Each frame is softly assigned to K
     prototypes (cosine similarity, a learned temperature); per prototype: its share of the frames,
     its mean position (a fraction of the video) and its number of onsets (entries into it); with
     `pairs`, also per pair of prototypes (j, k) how likely a frame of j comes before a frame of k.
     A linear layer maps these numbers to one [B, dim] vector. Order, position and repetition of
     short events are then a few numbers apart, where a transformer must find them among a hundred
-    frame tokens. The prototypes start as k-means centres of unlabelled frames (`fit`) and are
-    fine-tuned; `penalty` lets training keep only the few numbers a label depends on."""
+    frame tokens. The prototypes are k-means centres of unlabelled frames (`fit`), kept as they
+    are or fine-tuned (`prototypes`); the group lasso (`penalty`, `shrink`) lets training keep only
+    the few numbers a label depends on."""
 
     def __init__(self, in_dim: int, k: int, dim: int, pairs: bool = False, comeback: bool = False):
         super().__init__()
@@ -345,6 +346,17 @@ class EventSummary(nn.Module):
         K(K-1)/2 pairs alone are hundreds), one made to pick a few finds the events."""
         norm, linear = self.proj
         return (linear.weight * norm.weight).norm(dim=0).sum()
+
+    @torch.no_grad()
+    def shrink(self, amount: float) -> None:
+        """The group lasso's proximal step: each number's column of weights (gain included) moves
+        `amount` towards 0 in norm, and is 0 once shorter. As a loss term its gradient goes through
+        AdamW, which rescales it to a step of about lr per weight whatever its size: every column
+        shrinks at the same pace from the first step, before any task gradient can pick one, and a
+        seed's summary could die in its first epochs (docs/ablations.md)."""
+        norm, linear = self.proj
+        col = (linear.weight * norm.weight).norm(dim=0)
+        linear.weight.mul_((1 - amount / col.clamp(min=1e-12)).clamp(min=0))
 
 
 class STAN(nn.Module):

@@ -55,10 +55,19 @@ def describe_model(cfg: Config) -> str:
 
 
 def sparsity(model: torch.nn.Module, cfg: Config) -> torch.Tensor | float:
-    """What training adds to the task loss: event_l1 x the event summary's group lasso (0 without a
-    summary, e.g. the mean-pool baseline). Its gradient counts towards `grad_clip` with the rest."""
+    """What training adds to the task loss: with `lasso: penalty`, event_l1 x the event summary's
+    group lasso (its gradient counts towards `grad_clip` with the rest); else 0."""
     events = getattr(model, "events", None)
-    return cfg.loss.event_l1 * events.penalty() if cfg.loss.event_l1 and events is not None else 0.0
+    if cfg.loss.lasso != "penalty" or not cfg.loss.event_l1 or events is None:
+        return 0.0
+    return cfg.loss.event_l1 * events.penalty()
+
+
+def proximal_step(model: torch.nn.Module, cfg: Config, lr: float) -> None:
+    """With `lasso: proximal`, after an optimiser step at `lr`: the group lasso's shrinkage."""
+    events = getattr(model, "events", None)
+    if cfg.loss.lasso == "proximal" and cfg.loss.event_l1 and events is not None:
+        events.shrink(lr * cfg.loss.event_l1)
 
 
 def targets_tensor(data: Data, rows, mean: float, std: float) -> torch.Tensor:
@@ -216,6 +225,7 @@ def train_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, data: Data, 
         loss = loss_fn(task, logits, y)
         extra = sum(loss_fn(task, a, y) for a in aux) * (cfg.loss.aux_loss / max(1, len(aux)))
         optimizer_step(opt, model, loss + extra + sparsity(model, cfg), lr, cfg.optim.grad_clip)
+        proximal_step(model, cfg, lr)
         if ema is not None:
             average_weights(ema, model, cfg.optim.ema, step)
         loss_sum += loss.item() * len(rows)

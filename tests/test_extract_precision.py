@@ -81,6 +81,7 @@ def photo_frames(tmp_path_factory):
     return bb, torch.from_numpy(pix)
 
 
+@pytest.mark.slow  # a real ViT in four precisions: about 9 s; CI runs it
 def test_reduced_precision_fidelity_on_real_decoded_frames(photo_frames):
     """lite0 with its ImageNet weights: each precision against fp32 on the same decoded frames."""
     bb32, pix = photo_frames

@@ -279,20 +279,41 @@ def test_train_on_a_damaged_cache_names_the_shard(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_the_group_lasso_keeps_the_few_summary_numbers_the_label_depends_on(tmp_path):
+@pytest.mark.parametrize("lasso,l1", [("proximal", 3.0), ("penalty", 0.3)])
+def test_the_group_lasso_keeps_the_few_summary_numbers_the_label_depends_on(tmp_path, lasso, l1):
     """Order of two events, 16 train videos: with event_l1 the head's weight gathers on a few of
-    the summary's 3K + K(K-1)/2 numbers (the events' pair and positions), without it it spreads."""
+    the summary's 3K + K(K-1)/2 numbers (the events' pair and positions), without it it spreads;
+    the proximal step sets the others exactly to 0."""
     cache, labels = order_task(tmp_path, pairs=20, frames=24, event_len=3, dim=16, val=0.1, test=0.5)
-    cfg = dict(TINY, streams="none", events=6, event_pairs=True, epochs=30, patience=0)
-    top = {}
-    for l1 in (0.0, 0.3):
-        run = temporal.train(cache, labels, tmp_path / f"l1_{l1}", cfg, event_l1=l1, log=quiet)
+    cfg = dict(TINY, streams="none", events=6, event_pairs=True, epochs=30, patience=0, lasso=lasso)
+    top, cols = {}, {}
+    for weight in (0.0, l1):
+        run = temporal.train(cache, labels, tmp_path / f"l1_{weight}", cfg, event_l1=weight, log=quiet)
         norm, linear = temporal.load_run(run).model.events.proj
-        col = (linear.weight * norm.weight).norm(dim=0).detach()  # 18 numbers + 15 pairs
-        top[l1] = float(col.topk(3).values.sum() / col.sum())
-        if l1:
+        cols[weight] = col = (linear.weight * norm.weight).norm(dim=0).detach()  # 18 numbers + 15 pairs
+        top[weight] = float(col.topk(3).values.sum() / col.sum())
+        if weight:
             assert temporal.evaluate(run, "test", log=quiet)["accuracy"] >= 0.8
-    assert top[0.3] > 2 * top[0.0], top
+    assert top[l1] > 2 * top[0.0], top
+    zeros = int((cols[l1] == 0).sum())
+    assert (zeros >= len(cols[l1]) // 2) if lasso == "proximal" else zeros == 0, cols[l1]
+
+
+def test_the_proximal_step_moves_every_column_the_same_distance_towards_zero():
+    from temporal.model import EventSummary
+
+    ev = EventSummary(in_dim=8, k=3, dim=4)
+    norm, linear = ev.proj
+    with torch.no_grad():
+        norm.weight.copy_(torch.linspace(0.5, 2.0, 9))
+        linear.weight.normal_()
+        linear.weight[:, 0] *= 1e-3  # a column shorter than the step
+    before = (linear.weight * norm.weight).norm(dim=0)
+    ev.shrink(0.05)
+    after = (linear.weight * norm.weight).norm(dim=0)
+    assert after[0] == 0
+    assert torch.allclose(after[1:], before[1:] - 0.05, atol=1e-6)
+    assert torch.allclose(ev.penalty(), after.sum())
 
 
 def test_a_run_whose_weights_do_not_fit_its_config_is_refused_by_name(tmp_path):
@@ -309,7 +330,8 @@ def test_a_run_interrupted_before_the_lasso_existed_resumes_without_it(tmp_path)
     from temporal.config import flat_name
     from temporal.train import check_resumable
 
-    then = temporal.as_config(TINY, event_l1=0.0, aux_loss=0.0, branch_drop=0.0, recurrence=False)
+    then = temporal.as_config(TINY, event_l1=0.0, lasso="penalty", aux_loss=0.0, branch_drop=0.0,
+                              recurrence=False)
     new = ("loss.", "stan.time_bias", "stan.recurrence")  # options that version did not have yet
     saved = {flat_name(p): v for p, v in then.flat().items() if not p.startswith(new)}  # a flat save
     saved["dim"], saved["heads"] = saved.pop("width"), saved.pop("attention_heads")
