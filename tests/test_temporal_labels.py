@@ -200,3 +200,6 @@ def test_a_flat_config_saved_by_an_older_version_reads_as_it_trained():
     pool = saved_config({"model": "meanpool", "dim": 32, "dropout": 0.3})  # an old baseline MLP run
     assert (pool.meanpool.hidden, pool.meanpool.dropout) == (32, 0.3)
     assert as_config(old).loss.aux_loss == Config().loss.aux_loss  # options a user passes: today's defaults
+    nested = Config().to_dict()
+    del nested["loss"]["lasso"]  # saved before the proximal step: its lasso was a loss term
+    assert saved_config(nested).loss.lasso == "penalty" and Config().loss.lasso == "proximal"
