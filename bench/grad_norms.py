@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     from temporal.dataset import load_data
     from temporal.loop import fit_without_labels, loss_fn, param_groups, train_batch
     from temporal.model import build_model
-    from temporal.train import sparsity, targets_tensor
+    from temporal.train import proximal_step, sparsity, targets_tensor
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", required=True)
@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         (loss + extra + penalty).backward()
         total = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or float("inf")))
         opt.step()
+        proximal_step(model, cfg, cfg.optim.lr)
         if step % a.every == 0 or step == a.steps - 1:
             print(json.dumps({"step": step, "loss": round(loss.item(), 4), "total_grad": round(total, 3),
                               "lasso_grad": round(lasso, 3), "task_grad": task_norms}), flush=True)

@@ -51,7 +51,7 @@ from storage.device import pick_device
 from temporal.data import LazyVideos, Videos, feature_bytes, upcoming
 from temporal.loop import autocast, loss_fn, optimizer_step, param_groups, train_batch
 from temporal.synth import write_cache, write_labels
-from temporal.train import sparsity
+from temporal.train import proximal_step, sparsity
 
 LENGTHS = (120, 750, 3000)
 
@@ -97,6 +97,7 @@ def step_split(videos, lab, cfg: temporal.Config, steps: int) -> np.ndarray:
             logits = model(x, t, m)
         loss = loss_fn("single", logits, y) + sparsity(model, cfg)
         optimizer_step(opt, model, loss, cfg.optim.lr, cfg.optim.grad_clip)
+        proximal_step(model, cfg, cfg.optim.lr)
         sync(device)
         times.append((t1 - t0, time.perf_counter() - t1, time.process_time() - c0))
     return np.array(times[2:])

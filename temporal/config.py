@@ -4,7 +4,7 @@
       model: stan | meanpool     which network `train` builds
       stan       StanConfig      the two-stream network and its event summary (model.py)
       meanpool   MeanPoolConfig  the mean-pool MLP baseline (model.py)
-      loss       LossConfig      what training adds to STAN's task loss (train.py)
+      loss       LossConfig      what training adds to STAN's task loss, the group lasso (train.py)
       data       DataConfig      what a training step sees of a video, how features are held (loop.py)
       labels     LabelsConfig    which labels, how many of them (dataset.py)
       eval       EvalConfig      how val and test are scored, when val stops training (scoring.py)
@@ -313,7 +313,9 @@ def migrate(d: dict[str, Any]) -> dict[str, Any]:
 
 # what a run saved before these options existed trained with (a flat save is one of those versions)
 BEFORE = {"loss.event_l1": 0.0, "loss.lasso": "penalty", "loss.aux_loss": 0.0, "loss.branch_drop": 0.0,
-          "stan.recurrence": False}
+          "stan.recurrence": False, "stan.prototypes": "learned"}
+# options a nested save of this layout may lack, whose default has changed since: what it trained with
+CHANGED = {"loss.lasso": "penalty", "stan.prototypes": "learned"}
 
 
 def saved_config(d: dict[str, Any]) -> Config:
@@ -322,8 +324,12 @@ def saved_config(d: dict[str, Any]) -> Config:
     versions trained with (`BEFORE`), not today's defaults."""
     if not any(isinstance(v, dict) for v in d.values()):
         d = {**BEFORE, **migrate(d)}
-    elif "lasso" not in d.get("loss", {}):  # saved before the proximal step: the lasso was a loss term
-        d = {**d, "loss": {**d.get("loss", {}), "lasso": "penalty"}}
+    else:
+        d = {**d}
+        for path, then in CHANGED.items():
+            part, key = path.split(".")
+            if key not in d.get(part, {}):
+                d[part] = {**d.get(part, {}), key: then}
     return Config.from_dict(d)
 
 

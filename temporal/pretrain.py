@@ -161,8 +161,10 @@ def load_pretrained(model: nn.Module, run_dir: str | os.PathLike, cfg: Config, i
     run = Path(run_dir)
     meta = read_run_json(run, "pretrain")
     theirs = saved_config(meta["config"])  # an option newer than the run reads as its default
+    # the summary is fitted anew by fine-tuning (PER_TASK), so whether its prototypes train is not
+    # part of what is handed over
     differ = [f"{p}={theirs.get(p)!r} (here {cfg.get(p)!r})" for p in section_paths("stan")
-              if theirs.get(p) != cfg.get(p)]
+              if p != "stan.prototypes" and theirs.get(p) != cfg.get(p)]
     if differ:
         raise ConfigError(f"init {run} was pre-trained with another architecture: " + ", ".join(differ))
     if meta["in_dim"] != in_dim or (fingerprint is not None and meta["fingerprint"] != fingerprint):

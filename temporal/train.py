@@ -213,7 +213,8 @@ def train_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, data: Data, 
                 ema: torch.nn.Module | None = None) -> tuple[float, int, float]:
     """One pass over the train split: (mean task loss, steps taken so far, the last learning rate).
     Each branch head's loss is added with weight aux_loss (averaged over branches), and the
-    summary's group lasso; `ema` follows the weights after every step."""
+    summary's group lasso as a loss term or a proximal step (`lasso`); `ema` follows the weights
+    after every step."""
     model.train()
     task, loss_sum, seen, lr = data.labels.task, 0.0, 0, schedule(step)
     for rows, x, t, m in epoch_batches(data.videos, data.train, cfg, rng, device):

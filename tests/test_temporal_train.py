@@ -226,6 +226,9 @@ def test_pretraining_reconstructs_the_timeline_and_fine_tuning_starts_from_it(tm
 
     before, after = load_file(str(pre / "model.safetensors")), load_file(str(run / "model.safetensors"))
     assert set(before) < set(after)  # the head is new
+    other = "learned" if temporal.as_config(cfg).stan.prototypes == "fitted" else "fitted"
+    temporal.train(cache, labels, tmp_path / "fz", {**cfg, "prototypes": other}, epochs=1, init=str(pre),
+                   log=quiet)  # the summary is fitted anew: whether its prototypes train is not handed over
     with pytest.raises(temporal.ConfigError, match=r"another architecture: stan\.width=32"):
         temporal.train(cache, labels, tmp_path / "bad", {**cfg, "dim": 64}, epochs=1, init=str(pre),
                        log=quiet)
