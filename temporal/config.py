@@ -314,8 +314,8 @@ def migrate(d: dict[str, Any]) -> dict[str, Any]:
 # what a run saved before these options existed trained with (a flat save is one of those versions)
 BEFORE = {"loss.event_l1": 0.0, "loss.lasso": "penalty", "loss.aux_loss": 0.0, "loss.branch_drop": 0.0,
           "stan.recurrence": False, "stan.prototypes": "learned"}
-# options a nested save of this layout may lack, whose default has changed since: what it trained with
-CHANGED = {"loss.lasso": "penalty", "stan.prototypes": "learned"}
+# options a nested save of this layout may lack whose default has changed since (read as BEFORE says)
+CHANGED = ("loss.lasso", "stan.prototypes")
 
 
 def saved_config(d: dict[str, Any]) -> Config:
@@ -326,10 +326,10 @@ def saved_config(d: dict[str, Any]) -> Config:
         d = {**BEFORE, **migrate(d)}
     else:
         d = {**d}
-        for path, then in CHANGED.items():
+        for path in CHANGED:
             part, key = path.split(".")
             if key not in d.get(part, {}):
-                d[part] = {**d.get(part, {}), key: then}
+                d[part] = {**d.get(part, {}), key: BEFORE[path]}
     return Config.from_dict(d)
 
 

@@ -344,8 +344,12 @@ class EventSummary(nn.Module):
         included, which could otherwise grow as they shrink). Most of the numbers describe shots
         in random order; from a hundred videos a head reading them all memorises the videos (the
         K(K-1)/2 pairs alone are hundreds), one made to pick a few finds the events."""
+        return self.column_norms().sum()
+
+    def column_norms(self) -> torch.Tensor:
+        """[n]: the length of each input number's column of weights, its LayerNorm gain included."""
         norm, linear = self.proj
-        return (linear.weight * norm.weight).norm(dim=0).sum()
+        return (linear.weight * norm.weight).norm(dim=0)
 
     @torch.no_grad()
     def shrink(self, amount: float) -> None:
@@ -354,9 +358,8 @@ class EventSummary(nn.Module):
         AdamW, which rescales it to a step of about lr per weight whatever its size: every column
         shrinks at the same pace from the first step, before any task gradient can pick one, and a
         seed's summary could die in its first epochs (docs/ablations.md)."""
-        norm, linear = self.proj
-        col = (linear.weight * norm.weight).norm(dim=0)
-        linear.weight.mul_((1 - amount / col.clamp(min=1e-12)).clamp(min=0))
+        col = self.column_norms()
+        self.proj[1].weight.mul_((1 - amount / col.clamp(min=1e-12)).clamp(min=0))
 
 
 class STAN(nn.Module):
