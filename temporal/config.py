@@ -45,6 +45,7 @@ CHOICES = {
     "stan.pool": ("cls", "mean", "both"),
     "stan.stream_input": ("features", "events", "mixed"),
     "stan.prototypes": ("learned", "fitted"),
+    "stan.event_norm": ("centre", "layer"),
     "loss.lasso": ("proximal", "penalty"),
     "labels.task": ("auto", "single", "multi", "regression"),
     "data.sampling": ("uniform", "window"),
@@ -75,6 +76,8 @@ class StanConfig:
     pool: str = "mean"  # a stream's summary: its CLS token | the mean of its frame tokens | both
     events: int = 24  # K>0: an event summary (share, mean position, onsets of K prototypes); 0: off
     event_pairs: bool = True  # the event summary also reads, per pair of prototypes, which comes first
+    event_gaps: bool = True  # the event summary also reads, per pair of prototypes, how far apart they are
+    event_norm: str = "centre"  # the summary's numbers: centre (less their means) | layer (a LayerNorm)
     prototypes: str = "fitted"  # the summary's: learned (from their k-means start) | fitted (k-means, kept)
     stream_input: str = "mixed"  # features | events (prototype assignments) | mixed (temporal: events)
     pca_dims: int = 0  # >0: STAN reads the frames' leading principal components (whitened), 0: raw features
@@ -313,9 +316,10 @@ def migrate(d: dict[str, Any]) -> dict[str, Any]:
 
 # what a run saved before these options existed trained with (a flat save is one of those versions)
 BEFORE = {"loss.event_l1": 0.0, "loss.lasso": "penalty", "loss.aux_loss": 0.0, "loss.branch_drop": 0.0,
-          "stan.recurrence": False, "stan.prototypes": "learned"}
+          "stan.recurrence": False, "stan.prototypes": "learned", "stan.event_gaps": False,
+          "stan.event_norm": "layer"}
 # options a nested save of this layout may lack whose default has changed since (read as BEFORE says)
-CHANGED = ("loss.lasso", "stan.prototypes")
+CHANGED = ("loss.lasso", "stan.prototypes", "stan.event_gaps", "stan.event_norm")
 
 
 def saved_config(d: dict[str, Any]) -> Config:

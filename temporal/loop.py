@@ -17,6 +17,8 @@ from temporal.data import (
     AnyVideos,
     Clip,
     collate,
+    eval_batches,
+    eval_clips,
     frame_sample,
     principal_components,
     prototypes,
@@ -72,8 +74,8 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 def fit_without_labels(model: torch.nn.Module, videos: AnyVideos, rows, cfg: Config,
                        pca: tuple[np.ndarray, np.ndarray] | None = None) -> None:
     """Fit what STAN takes from the frames alone before training, on videos `rows` (no label read):
-    the PCA input map (`pca_dims`, or `pca` when already computed) and the event prototypes (kept
-    as fitted, untrained, with `prototypes: fitted`)."""
+    the PCA input map (`pca_dims`, or `pca` when already computed), the event prototypes (kept
+    as fitted, untrained, with `prototypes: fitted`) and the mean of the summary's numbers."""
     project, events = getattr(model, "project", None), getattr(model, "events", None)
     rng = np.random.default_rng(cfg.optim.seed)
     if project is not None:
@@ -85,6 +87,17 @@ def fit_without_labels(model: torch.nn.Module, videos: AnyVideos, rows, cfg: Con
             X = (X - pca[0]) @ pca[1][:, : cfg.stan.pca_dims]
         events.fit(torch.from_numpy(prototypes(X, cfg.stan.events, cfg.optim.seed)))
         events.protos.requires_grad_(cfg.stan.prototypes == "learned")  # fitted: the optimiser skips them
+        if cfg.stan.event_norm == "centre":
+            events.proj[0].fit(summary_numbers(model, videos, rows, cfg))
+
+
+@torch.no_grad()
+def summary_numbers(model: torch.nn.Module, videos: AnyVideos, rows, cfg: Config) -> torch.Tensor:
+    """[N, n]: the event summary's numbers over the clips evaluation reads of videos `rows`."""
+    clips = eval_clips(videos, list(rows), cfg.data.frames, cfg.eval.mode, cfg.data.sampling, cfg.eval.views)
+    out = [model.summary_numbers(*collate(videos, batch))
+           for batch in eval_batches(clips, cfg.optim.batch_size * cfg.data.frames)]
+    return torch.cat(out)
 
 
 def train_batch(videos: AnyVideos, rows, data: DataConfig, rng: np.random.Generator, device: torch.device):

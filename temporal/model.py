@@ -276,26 +276,46 @@ class InputProjection(nn.Module):
         return (x - self.mean) @ self.proj
 
 
+class Centre(nn.Module):
+    """Each of n numbers minus its mean over unlabelled videos (`fit`), stored with the weights."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(n))
+
+    def fit(self, values: torch.Tensor) -> None:
+        self.mean.copy_(values.mean(0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x - self.mean
+
+
 class EventSummary(nn.Module):
     """What kinds of shot occur, when and how often. Each frame is softly assigned to K
     prototypes (cosine similarity, a learned temperature); per prototype: its share of the frames,
     its mean position (a fraction of the video) and its number of onsets (entries into it); with
-    `pairs`, also per pair of prototypes (j, k) how likely a frame of j comes before a frame of k.
+    `pairs`, also per pair of prototypes (j, k) how likely a frame of j comes before a frame of k,
+    and with `gaps` how far apart they are (k's mean position minus j's).
     A linear layer maps these numbers to one [B, dim] vector. Order, position and repetition of
     short events are then a few numbers apart, where a transformer must find them among a hundred
     frame tokens. The prototypes are k-means centres of unlabelled frames (`fit`), kept as they
     are or fine-tuned (`prototypes`); the group lasso (`penalty`, `shrink`) lets training keep only
     the few numbers a label depends on."""
 
-    def __init__(self, in_dim: int, k: int, dim: int, pairs: bool = False, comeback: bool = False):
+    def __init__(self, in_dim: int, k: int, dim: int, pairs: bool = False, comeback: bool = False,
+                 gaps: bool = False, norm: str = "centre"):
         super().__init__()
         self.protos = nn.Parameter(F.normalize(torch.randn(k, in_dim), dim=-1))
         self.log_scale = nn.Parameter(torch.tensor(math.log(20.0)))  # 1 / temperature
-        n = 3 * k + (k * (k - 1) // 2 if pairs else 0) + (4 if comeback else 0)
+        n = 3 * k + (pairs + gaps) * (k * (k - 1) // 2) + (4 if comeback else 0)
         self.comeback = comeback
-        self.proj = nn.Sequential(nn.LayerNorm(n), nn.Linear(n, dim))
-        self.pairs = pairs
-        if pairs:
+        # centre: each number in its own unit (a share, a position, a count, a chance), less its mean
+        # over the fit videos; layer: a LayerNorm across the numbers, which divides every one by a
+        # spread that the largest (the onset counts) set, so the comeback numbers and the gaps,
+        # small beside them, drown (docs/ablations.md)
+        self.proj = nn.Sequential(Centre(n) if norm == "centre" else nn.LayerNorm(n), nn.Linear(n, dim))
+        self.pairs, self.gaps = pairs, gaps
+        if pairs or gaps:
             self.register_buffer("upper", torch.triu_indices(k, k, offset=1), persistent=False)
 
     def fit(self, centres: torch.Tensor) -> None:
@@ -309,11 +329,13 @@ class EventSummary(nn.Module):
 
     def stats(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor, rec: torch.Tensor | None = None
               ) -> torch.Tensor:
-        """[B, 3K (+ K(K-1)/2) (+ 4)]: each prototype's share of the frames, mean position in [0, 1]
-        and number of onsets; with pairs, for each j < k the chance that a frame of j precedes one
-        of k; with comeback, the highest and the mean `comeback` of the frames (later, earlier), from
-        `rec` (their `recurrence`, computed here if not given): whether any shot returns,
-        whichever it is, which prototypes cannot say."""
+        """[B, 3K (+ K(K-1)/2) (+ K(K-1)/2) (+ 4)]: each prototype's share of the frames, mean
+        position in [0, 1] and number of onsets; with pairs, for each j < k the chance that a frame
+        of j precedes one of k; with gaps, k's mean position minus j's: how far apart two shots are,
+        which the chance of preceding (1 whether they touch or not) cannot say; with comeback, the
+        highest and the mean `comeback` of the frames (later, earlier), from `rec` (their
+        `recurrence`, computed here if not given): whether any shot returns, whichever it is,
+        which prototypes cannot say."""
         m = mask[..., None].to(x.dtype)
         a = self.assign(x, mask)  # [B, T, K], padding 0
         t = torch.where(mask, t, t[:, :1])
@@ -329,6 +351,9 @@ class EventSummary(nn.Module):
             before = torch.einsum("btj,btk->bjk", a, later)  # frames are in time order
             j, k = self.upper
             out.append((before[:, j, k] + 0.5 * eps) / (n[:, j] * n[:, k] + eps))
+        if self.gaps:
+            j, k = self.upper
+            out.append(where[:, k] - where[:, j])
         if self.comeback:
             rec = recurrence(x, t, mask) if rec is None else rec
             back = rec[..., -2:]  # 0 on padding
@@ -347,9 +372,10 @@ class EventSummary(nn.Module):
         return self.column_norms().sum()
 
     def column_norms(self) -> torch.Tensor:
-        """[n]: the length of each input number's column of weights, its LayerNorm gain included."""
+        """[n]: the length of each input number's column of weights, a LayerNorm's gain included."""
         norm, linear = self.proj
-        return (linear.weight * norm.weight).norm(dim=0)
+        gain = norm.weight if isinstance(norm, nn.LayerNorm) else 1.0
+        return (linear.weight * gain).norm(dim=0)
 
     @torch.no_grad()
     def shrink(self, amount: float) -> None:
@@ -370,8 +396,8 @@ class STAN(nn.Module):
         use_s, use_t = cfg.streams in ("both", "spatial"), cfg.streams in ("both", "temporal")
         self.project = InputProjection(in_dim, cfg.pca_dims) if cfg.pca_dims else None
         in_dim = cfg.pca_dims or in_dim
-        self.events = EventSummary(in_dim, cfg.events, cfg.width, cfg.event_pairs, cfg.recurrence
-                                   ) if cfg.events else None
+        self.events = EventSummary(in_dim, cfg.events, cfg.width, cfg.event_pairs, cfg.recurrence,
+                                   cfg.event_gaps, cfg.event_norm) if cfg.events else None
         # the streams read the frames, or each frame's assignment to the summary's prototypes (K
         # numbers instead of D: what a hundred videos can teach a transformer without memorising)
         # (mixed: the spatial stream the frames, for what is shown; the temporal stream the
@@ -461,6 +487,13 @@ class STAN(nn.Module):
         if self.events is not None:
             z = torch.cat([z, self.events(x, t, mask, rec)], dim=-1)
         return z
+
+    def summary_numbers(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The event summary's numbers [B, n] as `embed` computes them, before their scaling."""
+        if self.project is not None:
+            x = self.project(x)
+        x, t = _zero_padding(x, t, mask)
+        return self.events.stats(x, t, mask)
 
     def streams(self, xs: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, mask: torch.Tensor,
                 rec: torch.Tensor | None) -> torch.Tensor:

@@ -44,13 +44,15 @@ from temporal.scoring import full_length_note, score_outputs, score_rows
 
 
 def describe_model(cfg: Config) -> str:
-    """e.g. "stan: event summary (K=24, pairs)", "stan: streams both/cross + event summary (K=24)"."""
+    """e.g. "stan: event summary (K=24, pairs, gaps)", "stan: streams both/cross + event summary (K=24)"."""
     if cfg.model != "stan":
         return cfg.model
     fusion = f"/{cfg.stan.fusion}" if cfg.stan.streams == "both" else ""
     parts = [] if cfg.stan.streams == "none" else [f"streams {cfg.stan.streams}{fusion}"]
     if cfg.stan.events:
-        parts.append(f"event summary (K={cfg.stan.events}{', pairs' if cfg.stan.event_pairs else ''})")
+        extras = "".join(f", {n}" for n, on in (("pairs", cfg.stan.event_pairs),
+                                                   ("gaps", cfg.stan.event_gaps)) if on)
+        parts.append(f"event summary (K={cfg.stan.events}{extras})")
     return "stan: " + " + ".join(parts)
 
 

@@ -200,9 +200,10 @@ def test_a_flat_config_saved_by_an_older_version_reads_as_it_trained():
     pool = saved_config({"model": "meanpool", "dim": 32, "dropout": 0.3})  # an old baseline MLP run
     assert (pool.meanpool.hidden, pool.meanpool.dropout) == (32, 0.3)
     assert as_config(old).loss.aux_loss == Config().loss.aux_loss  # options a user passes: today's defaults
-    assert cfg.stan.prototypes == "learned" and cfg.loss.lasso == "penalty"
+    assert cfg.stan.prototypes == "learned" and cfg.loss.lasso == "penalty" and not cfg.stan.event_gaps
     nested = Config().to_dict()
-    del nested["loss"]["lasso"], nested["stan"]["prototypes"]  # saved before these two options
-    then = saved_config(nested)  # the lasso was a loss term, the prototypes trained
-    assert (then.loss.lasso, then.stan.prototypes) == ("penalty", "learned")
-    assert (Config().loss.lasso, Config().stan.prototypes) == ("proximal", "fitted")
+    del nested["loss"]["lasso"], nested["stan"]["prototypes"], nested["stan"]["event_gaps"]  # older saves
+    then = saved_config(nested)  # the lasso was a loss term, the prototypes trained, no gaps read
+    assert (then.loss.lasso, then.stan.prototypes, then.stan.event_gaps) == ("penalty", "learned", False)
+    now = Config()
+    assert (now.loss.lasso, now.stan.prototypes, now.stan.event_gaps) == ("proximal", "fitted", True)

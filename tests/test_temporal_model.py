@@ -150,6 +150,31 @@ def test_the_pair_numbers_say_which_event_comes_first_and_flip_with_time():
     torch.testing.assert_close(back, 1 - pairs, atol=2e-2, rtol=0)
 
 
+def test_the_gap_numbers_say_how_far_apart_two_events_are():
+    """b then c, touching or 50 frames apart: which comes first is the same (P[b before c] = 1),
+    the gap (c's mean position minus b's, a fraction of the video) tells them apart; played
+    backwards, every gap changes sign."""
+    torch.manual_seed(0)
+    kinds = torch.eye(3, 16)
+    ev = build_model(as_config(events=3, event_pairs=True, event_gaps=True, **SMALL), 16, 2).eval().events
+    ev.fit(kinds)
+    with torch.no_grad():
+        ev.log_scale.fill_(np.log(200.0))
+    stats = {}
+    for name, between in (("near", 0), ("far", 50)):
+        seq = [0] * 20 + [1] * 10 + [0] * between + [2] * 10 + [0] * (61 - between)  # 101 frames
+        x = kinds[seq][None] + 0.01 * torch.randn(1, len(seq), 16)
+        t = torch.arange(len(seq)).float()[None]
+        mask = torch.ones_like(t, dtype=torch.bool)
+        with torch.no_grad():
+            stats[name] = ev.stats(x, t, mask)[0]
+            stats[name + " backwards"] = ev.stats(x.flip(1), t, mask)[0]
+    for name, want in (("near", 10 / 100), ("far", 60 / 100)):
+        assert stats[name][11] > 0.99  # the pair (b, c)
+        torch.testing.assert_close(stats[name][14], torch.tensor(want), atol=1e-2, rtol=0)  # its gap
+        torch.testing.assert_close(stats[name + " backwards"][12:15], -stats[name][12:15], atol=3e-3, rtol=0)
+
+
 def test_the_event_summary_alone_is_an_ablation_of_the_streams():
     m = build_model(as_config(streams="none", events=4, **SMALL), 16, 3).eval()
     assert m.spatial is None and m.temporal is None
@@ -210,3 +235,23 @@ def test_full_length_forward_never_builds_the_attention_matrix():
     grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
     assert out.shape == (2, 3) and torch.isfinite(out).all()
     assert grew < 400 * 1024, f"a full-length forward of 6000 frames raised peak RSS by {grew / 1024:.0f} MiB"
+
+
+def test_the_summary_numbers_are_centred_on_the_videos_they_were_fitted_on():
+    """fit_without_labels takes each of the summary's numbers' mean over the fit videos' evaluation
+    clips (no label read): there they have mean 0, and keep their units (differences unchanged)."""
+    from temporal.data import Videos
+    from temporal.loop import fit_without_labels, summary_numbers
+
+    rng = np.random.default_rng(0)
+    feats = [rng.normal(size=(n, 16)).astype(np.float32) for n in rng.integers(30, 80, size=12)]
+    videos = Videos.from_arrays(feats, [np.arange(len(f), dtype=np.float32) for f in feats], 16)
+    cfg = as_config(events=4, frames=16, **SMALL)
+    m = build_model(cfg, 16, 2)
+    fit_without_labels(m, videos, range(12), cfg)
+    numbers = summary_numbers(m, videos, range(12), cfg)
+    centred = m.events.proj[0](numbers)
+    assert centred.shape == (12 * cfg.eval.views, 3 * 4 + 2 * 6 + 4)
+    torch.testing.assert_close(centred.mean(0), torch.zeros(centred.shape[1]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(centred - centred[:1], numbers - numbers[:1])
+    assert numbers.std(0).max() > 0.1  # (not a trivially constant summary)

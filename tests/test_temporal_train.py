@@ -75,7 +75,7 @@ def test_saved_run_reloads_in_a_fresh_process_and_reproduces_its_metrics(tmp_pat
                "--clip-len", 2, "--frames", 16, "--epochs", 4, "--lr", 3e-3, "--batch-size", 8,
                "--eval-views", 3)
     # the defaults: both streams, the event summary, and the head that predicts
-    assert "trained stan: streams both/cross + event summary (K=24, pairs) on 18 videos" in \
+    assert "trained stan: streams both/cross + event summary (K=24, pairs, gaps) on 18 videos" in \
         proc.stdout
     assert "(predicting with the " in proc.stdout
     summary = json.loads((out / "summary.json").read_text())
@@ -288,12 +288,12 @@ def test_the_group_lasso_keeps_the_few_summary_numbers_the_label_depends_on(tmp_
     the summary's 3K + K(K-1)/2 numbers (the events' pair and positions), without it it spreads;
     the proximal step sets the others exactly to 0."""
     cache, labels = order_task(tmp_path, pairs=20, frames=24, event_len=3, dim=16, val=0.1, test=0.5)
-    cfg = dict(TINY, streams="none", events=6, event_pairs=True, epochs=30, patience=0, lasso=lasso)
+    cfg = dict(TINY, streams="none", events=6, event_pairs=True, event_gaps=False, epochs=30, patience=0,
+               lasso=lasso)
     top, cols = {}, {}
     for weight in (0.0, l1):
         run = temporal.train(cache, labels, tmp_path / f"l1_{weight}", cfg, event_l1=weight, log=quiet)
-        norm, linear = temporal.load_run(run).model.events.proj
-        cols[weight] = col = (linear.weight * norm.weight).norm(dim=0).detach()  # 18 numbers + 15 pairs
+        cols[weight] = col = temporal.load_run(run).model.events.column_norms().detach()  # 18 + 15 pairs
         top[weight] = float(col.topk(3).values.sum() / col.sum())
         if weight:
             assert temporal.evaluate(run, "test", log=quiet)["accuracy"] >= 0.8
@@ -302,18 +302,21 @@ def test_the_group_lasso_keeps_the_few_summary_numbers_the_label_depends_on(tmp_
     assert (zeros >= len(cols[l1]) // 2) if lasso == "proximal" else zeros == 0, cols[l1]
 
 
-def test_the_proximal_step_moves_every_column_the_same_distance_towards_zero():
+@pytest.mark.parametrize("norm", ["centre", "layer"])
+def test_the_proximal_step_moves_every_column_the_same_distance_towards_zero(norm):
     from temporal.model import EventSummary
 
-    ev = EventSummary(in_dim=8, k=3, dim=4)
+    ev = EventSummary(in_dim=8, k=3, dim=4, norm=norm)
     norm, linear = ev.proj
+    gain = torch.linspace(0.5, 2.0, 9) if norm == "layer" else torch.ones(9)  # a LayerNorm's counts
     with torch.no_grad():
-        norm.weight.copy_(torch.linspace(0.5, 2.0, 9))
+        if norm == "layer":
+            norm.weight.copy_(gain)
         linear.weight.normal_()
         linear.weight[:, 0] *= 1e-3  # a column shorter than the step
-    before = (linear.weight * norm.weight).norm(dim=0)
+    before = (linear.weight * gain).norm(dim=0)
     ev.shrink(0.05)
-    after = (linear.weight * norm.weight).norm(dim=0)
+    after = (linear.weight * gain).norm(dim=0)
     assert after[0] == 0
     assert torch.allclose(after[1:], before[1:] - 0.05, atol=1e-6)
     assert torch.allclose(ev.penalty(), after.sum())
