@@ -9,7 +9,8 @@ output that predicts (the fused head or one branch's) is chosen on val. That is 
       ├─ temporal: [a_i, a_i−a_{i−1}, rec_i] → Conv1d(→d, k, stride k)+LN,
       │            +time(clip t), [CLS], L_t blocks                                → U [B,1+T/k,d]
       └─ events  : soft assignments a of frames to K prototypes → shares, positions,
-                   onsets, pair order, highest and mean comeback → Linear          → E [B,d]
+                   onsets, pair order and gaps, highest and mean comeback,
+                   less their means → Linear                                       → E [B,d]
     a    : the frames' K prototype assignments (stream_input mixed; features: x itself,
            events: the spatial stream reads a too)
     rec  : recurrence, each frame's self-similarity to frames near and far and how strongly it
@@ -365,10 +366,11 @@ class EventSummary(nn.Module):
         return self.proj(self.stats(x, t, mask, rec))
 
     def penalty(self) -> torch.Tensor:
-        """Group lasso: the summed L2 norms of each input number's weights (its LayerNorm gain
-        included, which could otherwise grow as they shrink). Most of the numbers describe shots
-        in random order; from a hundred videos a head reading them all memorises the videos (the
-        K(K-1)/2 pairs alone are hundreds), one made to pick a few finds the events."""
+        """Group lasso: the summed L2 norms of each input number's weights (with `norm: layer` its
+        LayerNorm gain included, which could otherwise grow as they shrink). Most of the numbers
+        describe shots in random order; from a hundred videos a head reading them all memorises
+        the videos (the K(K-1)/2 pairs and gaps alone are hundreds), one made to pick a few finds
+        the events."""
         return self.column_norms().sum()
 
     def column_norms(self) -> torch.Tensor:
