@@ -93,8 +93,9 @@ def fit_without_labels(model: torch.nn.Module, videos: AnyVideos, rows, cfg: Con
 
 @torch.no_grad()
 def summary_numbers(model: torch.nn.Module, videos: AnyVideos, rows, cfg: Config) -> torch.Tensor:
-    """[N, n]: the event summary's numbers over the clips evaluation reads of videos `rows`."""
-    clips = eval_clips(videos, list(rows), cfg.data.frames, cfg.eval.mode, cfg.data.sampling, cfg.eval.views)
+    """[N, n]: the event summary's numbers over `eval.views` samples of `data.frames` frames of each
+    of videos `rows`, as training reads them (onsets count sampled frames), whatever `eval.mode`."""
+    clips = eval_clips(videos, list(rows), cfg.data.frames, "views", cfg.data.sampling, cfg.eval.views)
     out = [model.summary_numbers(*collate(videos, batch))
            for batch in eval_batches(clips, cfg.optim.batch_size * cfg.data.frames)]
     return torch.cat(out)

@@ -155,22 +155,25 @@ def _masked_mean(err: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (err * m).sum() / m.sum().clamp(min=1)
 
 
+SUMMARY_ONLY = ("stan.prototypes", "stan.event_gaps", "stan.event_norm")  # options of events.* alone
+
+
 def load_pretrained(model: nn.Module, run_dir: str | os.PathLike, cfg: Config, in_dim: int,
                     fingerprint: dict | None = None) -> str:
     """Load a pre-training run's weights into `model` (everything but the head); returns a note."""
     run = Path(run_dir)
     meta = read_run_json(run, "pretrain")
-    theirs = saved_config(meta["config"])  # an option newer than the run reads as its default
-    # the summary is fitted anew by fine-tuning (PER_TASK), so whether its prototypes train is not
-    # part of what is handed over
+    if meta.get("epochs") == 0:  # nothing to hand over, whatever it was built as
+        return f"random init ({run} is pre-training switched off: 0 epochs)"
+    theirs = saved_config(meta["config"])  # an option newer than the run reads as it trained
+    # the summary is fitted anew by fine-tuning (PER_TASK), so the options that shape it alone are
+    # not part of what is handed over
     differ = [f"{p}={theirs.get(p)!r} (here {cfg.get(p)!r})" for p in section_paths("stan")
-              if p != "stan.prototypes" and theirs.get(p) != cfg.get(p)]
+              if p not in SUMMARY_ONLY and theirs.get(p) != cfg.get(p)]
     if differ:
         raise ConfigError(f"init {run} was pre-trained with another architecture: " + ", ".join(differ))
     if meta["in_dim"] != in_dim or (fingerprint is not None and meta["fingerprint"] != fingerprint):
         raise RunError(f"init {run} was pre-trained on features of another backbone or preprocessing")
-    if meta.get("epochs") == 0:
-        return f"random init ({run} is pre-training switched off: 0 epochs)"
     state = {k: v for k, v in load_file(str(run / "model.safetensors")).items()
              if not k.startswith(PER_TASK)}  # runs of older versions hold the summary too
     missing, unexpected = model.load_state_dict(state, strict=False)

@@ -200,10 +200,15 @@ def test_a_flat_config_saved_by_an_older_version_reads_as_it_trained():
     pool = saved_config({"model": "meanpool", "dim": 32, "dropout": 0.3})  # an old baseline MLP run
     assert (pool.meanpool.hidden, pool.meanpool.dropout) == (32, 0.3)
     assert as_config(old).loss.aux_loss == Config().loss.aux_loss  # options a user passes: today's defaults
-    assert cfg.stan.prototypes == "learned" and cfg.loss.lasso == "penalty" and not cfg.stan.event_gaps
+    assert cfg.stan.prototypes == "learned" and cfg.loss.lasso == "penalty"
+    assert (cfg.stan.event_gaps, cfg.stan.event_norm) == (False, "layer")
     nested = Config().to_dict()
-    del nested["loss"]["lasso"], nested["stan"]["prototypes"], nested["stan"]["event_gaps"]  # older saves
-    then = saved_config(nested)  # the lasso was a loss term, the prototypes trained, no gaps read
-    assert (then.loss.lasso, then.stan.prototypes, then.stan.event_gaps) == ("penalty", "learned", False)
+    for path in ("loss.lasso", "stan.prototypes", "stan.event_gaps", "stan.event_norm"):
+        part, key = path.split(".")
+        del nested[part][key]  # saved before these options
+    then = saved_config(nested)  # the lasso was a loss term, the prototypes trained, no gaps, a LayerNorm
+    assert (then.loss.lasso, then.stan.prototypes, then.stan.event_gaps, then.stan.event_norm) == \
+        ("penalty", "learned", False, "layer")
     now = Config()
-    assert (now.loss.lasso, now.stan.prototypes, now.stan.event_gaps) == ("proximal", "fitted", True)
+    assert (now.loss.lasso, now.stan.prototypes, now.stan.event_gaps, now.stan.event_norm) == \
+        ("proximal", "fitted", True, "centre")

@@ -227,8 +227,9 @@ def test_pretraining_reconstructs_the_timeline_and_fine_tuning_starts_from_it(tm
     before, after = load_file(str(pre / "model.safetensors")), load_file(str(run / "model.safetensors"))
     assert set(before) < set(after)  # the head is new
     other = "learned" if temporal.as_config(cfg).stan.prototypes == "fitted" else "fitted"
-    temporal.train(cache, labels, tmp_path / "fz", {**cfg, "prototypes": other}, epochs=1, init=str(pre),
-                   log=quiet)  # the summary is fitted anew: whether its prototypes train is not handed over
+    summary = {"prototypes": other, "event_gaps": False, "event_norm": "layer"}  # shape events.* alone
+    temporal.train(cache, labels, tmp_path / "fz", {**cfg, **summary}, epochs=1, init=str(pre),
+                   log=quiet)  # the summary is fitted anew: how it is built is not handed over
     with pytest.raises(temporal.ConfigError, match=r"another architecture: stan\.width=32"):
         temporal.train(cache, labels, tmp_path / "bad", {**cfg, "dim": 64}, epochs=1, init=str(pre),
                        log=quiet)
@@ -302,15 +303,15 @@ def test_the_group_lasso_keeps_the_few_summary_numbers_the_label_depends_on(tmp_
     assert (zeros >= len(cols[l1]) // 2) if lasso == "proximal" else zeros == 0, cols[l1]
 
 
-@pytest.mark.parametrize("norm", ["centre", "layer"])
-def test_the_proximal_step_moves_every_column_the_same_distance_towards_zero(norm):
+@pytest.mark.parametrize("kind", ["centre", "layer"])
+def test_the_proximal_step_moves_every_column_the_same_distance_towards_zero(kind):
     from temporal.model import EventSummary
 
-    ev = EventSummary(in_dim=8, k=3, dim=4, norm=norm)
+    ev = EventSummary(in_dim=8, k=3, dim=4, norm=kind)
     norm, linear = ev.proj
-    gain = torch.linspace(0.5, 2.0, 9) if norm == "layer" else torch.ones(9)  # a LayerNorm's counts
+    gain = torch.linspace(0.5, 2.0, 9) if kind == "layer" else torch.ones(9)  # a LayerNorm's counts
     with torch.no_grad():
-        if norm == "layer":
+        if kind == "layer":
             norm.weight.copy_(gain)
         linear.weight.normal_()
         linear.weight[:, 0] *= 1e-3  # a column shorter than the step
