@@ -479,9 +479,7 @@ class STAN(nn.Module):
 
     def embed(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The video's representation [B, embed_dim], what the head reads (and pre-training trains)."""
-        if self.project is not None:
-            x = self.project(x)  # padding stays padding: the streams zero it again
-        x, t = _zero_padding(x, t, mask)
+        x, t = self.inputs(x, t, mask)
         a = self.events.assign(x, mask) if any(self.assigned.values()) else None
         xs, xt = (a if self.assigned[s] else x for s in ("spatial", "temporal"))
         rec = recurrence(x, t, mask) if self.recurrence else None
@@ -490,12 +488,16 @@ class STAN(nn.Module):
             z = torch.cat([z, self.events(x, t, mask, rec)], dim=-1)
         return z
 
-    def summary_numbers(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The event summary's numbers [B, n] as `embed` computes them, before their scaling."""
+    def inputs(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frames as the branches read them: projected (`pca_dims`), padding zeroed."""
         if self.project is not None:
             x = self.project(x)
-        x, t = _zero_padding(x, t, mask)
-        return self.events.stats(x, t, mask)
+        return _zero_padding(x, t, mask)
+
+    def summary_numbers(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The event summary's numbers [B, n] as `embed` computes them, before their centring."""
+        return self.events.stats(*self.inputs(x, t, mask), mask)
 
     def streams(self, xs: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, mask: torch.Tensor,
                 rec: torch.Tensor | None) -> torch.Tensor:
