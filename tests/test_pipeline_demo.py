@@ -38,6 +38,7 @@ def hashes(videos) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(videos.glob("*.mp4"))}
 
 
+@pytest.mark.slow  # (the fast tier stays under a minute; CI runs it)
 def test_demo_videos_are_byte_identical_across_runs_and_thread_settings(tmp_path):
     cfg = DemoConfig(videos=8, min_seconds=8, max_seconds=12, fps=10, width=96, height=64)
     make_demo(tmp_path / "a", cfg)

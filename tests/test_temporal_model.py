@@ -221,6 +221,7 @@ def test_uniform_sampling_never_repeats_a_frame(length):
         assert len(v) == 64 and np.all(np.diff(v) > 0) and v[-1] < length
 
 
+@pytest.mark.slow  # (the fast tier stays under a minute; CI runs it)
 def test_full_length_forward_never_builds_the_attention_matrix():
     # 6000 frames: the math kernel (T x T float attention matrices for 4 heads) raises peak RSS by
     # ~1.1 GB here; scaled_dot_product_attention's fused kernels keep memory linear in T (~0.1 GB)

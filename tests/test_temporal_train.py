@@ -273,6 +273,7 @@ def test_full_length_evaluation_warns_when_training_saw_fewer_frames(tmp_path):
     assert not any("warning" in s for s in lines)
 
 
+@pytest.mark.slow  # (the fast tier stays under a minute; CI runs it)
 def test_train_on_a_damaged_cache_names_the_shard(tmp_path):
     cache, labels = class_task(tmp_path, videos=12, classes=2)
     shard = storage.shard_paths(cache)[0]
@@ -348,6 +349,7 @@ def test_a_run_interrupted_before_the_lasso_existed_resumes_without_it(tmp_path)
         check_resumable(tmp_path, state, then.replace(event_l1=0.3), {"f": 1})
 
 
+@pytest.mark.slow  # (the fast tier stays under a minute; CI runs it)
 def test_stage_two_reads_a_cache_on_an_fsspec_url(tmp_path):
     """Stage one writes caches to object stores: train, evaluate and the CLI read one there, and the
     run records the URL (local:// is fsspec's object-store protocol on a folder, which a CLI
